@@ -1,1 +1,7 @@
-"""lightning_nas.cost"""
+"""Cost model: MACs, params, BitOps from lookup tables, latency from measured tables."""
+
+from lightning_nas.cost.latency import LatencyTable, measure_ms
+from lightning_nas.cost.tables import CostTable, bitops, cost_of, cost_range, cost_table, count_macs, macs, params
+
+__all__ = ["CostTable", "LatencyTable", "bitops", "cost_of", "cost_range", "cost_table", "count_macs", "macs",
+           "measure_ms", "params"]

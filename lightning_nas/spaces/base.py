@@ -123,6 +123,26 @@ class SearchSpace(nn.Module):
                 self.activate(previous, validate=False)
         return net.train(self.training)
 
+    def cost_units(self) -> list[tuple[str, nn.Module, list[str]]]:
+        """Units whose cost depends only on their own decisions: ``(name, module, decision names)``.
+
+        By default each block of ``self.features`` that owns decisions (``nn.Sequential`` stages are
+        walked into). Spaces whose blocks interact override this.
+        """
+        units: list[tuple[str, nn.Module, list[str]]] = []
+
+        def walk(prefix: str, module: nn.Module) -> None:
+            for name, child in module.named_children():
+                if isinstance(child, nn.Sequential):
+                    walk(f"{prefix}.{name}", child)
+                    continue
+                keys = [k for m in child.modules() if isinstance(m, Choice) for k in m.choice_decisions()]
+                if keys:
+                    units.append((f"{prefix}.{name}", child, list(dict.fromkeys(keys))))
+
+        walk("features", self.features)
+        return units
+
     # --- identity --------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The constructor arguments that define the space (for fingerprints and checkpoints)."""
