@@ -1,1 +1,5 @@
-"""lightning_nas.callbacks"""
+"""Loop-level behaviour of the searches: each callback usable on its own and stateful."""
+
+from lightning_nas.callbacks.path_sampling import PathSampling
+
+__all__ = ["PathSampling"]

@@ -1,1 +1,6 @@
-"""lightning_nas.modules"""
+"""One LightningModule per method, and the classifier that retrains what they find."""
+
+from lightning_nas.modules.classification import ClassificationModule
+from lightning_nas.modules.spos import SPOSModule
+
+__all__ = ["ClassificationModule", "SPOSModule"]

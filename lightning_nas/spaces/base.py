@@ -144,13 +144,11 @@ class SearchSpace(nn.Module):
         return units
 
     # --- identity --------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that define the space (for fingerprints and checkpoints)."""
-        return dict(getattr(self, "_config", {}))
-
     def fingerprint(self) -> str:
-        """A short hash of the space's name, configuration and decisions."""
-        doc = {"space": self.space_name, "config": self.config(), "decisions": self.decisions()}
+        """A short hash of the space's name, input size, parameter shapes and decisions."""
+        shapes = [(n, list(p.shape)) for n, p in self.named_parameters()]
+        doc = {"space": self.space_name, "input_size": getattr(self, "input_size", None), "shapes": shapes,
+               "decisions": self.decisions()}
         return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def __getstate__(self) -> dict[str, Any]:

@@ -1,0 +1,28 @@
+"""What the callbacks need from a module, checked in ``setup()`` with a clear message."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from lightning.pytorch import LightningModule
+
+
+@runtime_checkable
+class HasSpace(Protocol):
+    """A module that trains a supernet: ``space`` is a :class:`~lightning_nas.spaces.SearchSpace`."""
+
+    space: Any
+
+
+def require_space(pl_module: LightningModule, callback: str) -> Any:
+    """The module's search space, or a ``TypeError`` naming the callback, the module and the fix."""
+    from lightning_nas.spaces.base import SearchSpace
+
+    space = getattr(pl_module, "space", None)
+    if not isinstance(space, SearchSpace):
+        raise TypeError(
+            f"{callback} needs a module with a `space` attribute that is a lightning_nas SearchSpace; "
+            f"{type(pl_module).__name__} has {type(space).__name__ if space is not None else 'none'}. "
+            "Use it with a method module such as SPOSModule(space=...)."
+        )
+    return space

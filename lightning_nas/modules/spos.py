@@ -1,0 +1,136 @@
+"""``SPOSModule``: Single Path One-Shot supernet training.
+
+Guo et al., "Single Path One-Shot Neural Architecture Search with Uniform Sampling", ECCV 2020,
+https://arxiv.org/abs/1904.00420 (official code: megvii-model/SinglePathOneShot).
+
+The supernet trains one path per batch (chosen by the ``PathSampling`` callback); candidates that
+did not run get no update at all: their gradients are set to ``None`` after backward, so SGD applies
+neither momentum nor weight decay to them. The search happens afterwards (``EvolutionSearch``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_nas.callbacks.path_sampling import step_generator
+from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
+from lightning_nas.nn.layer_choice import LayerChoice
+from lightning_nas.spaces.base import SearchSpace
+
+
+class SPOSModule(LightningModule):
+    """Train a supernet one uniformly sampled path at a time.
+
+    Args:
+        space: the supernet (any :class:`~lightning_nas.spaces.SearchSpace`).
+        lr: peak learning rate (official: 0.5 at batch 1024).
+        momentum: SGD momentum.
+        weight_decay: decay on conv/linear weights only (official: 4e-5).
+        lr_decay: ``"linear"`` (official) or ``"cosine"`` to zero over the run.
+        warmup_epochs: linear warm-up length.
+        label_smoothing: cross-entropy label smoothing (official: 0.1).
+        val_seed: seed of the fixed path the supernet is validated on during training.
+    """
+
+    def __init__(self, space: SearchSpace, lr: float = 0.5, momentum: float = 0.9, weight_decay: float = 4e-5,
+                 lr_decay: str = "linear", warmup_epochs: float = 0.0, label_smoothing: float = 0.1,
+                 val_seed: int = 12345) -> None:
+        super().__init__()
+        if not isinstance(space, SearchSpace):
+            raise TypeError(f"SPOSModule needs a lightning_nas SearchSpace, got {type(space).__name__}")
+        self.save_hyperparameters(ignore=["space"])
+        self.space = space
+        self._inactive_cache: dict[tuple[int, int], list[nn.Parameter]] = {}
+        self._train_arch: dict[str, Any] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.space(x)
+
+    @override
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self.space(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        acc = (logits.detach().argmax(1) == y).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def inactive_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the candidates the active path does not run."""
+        out: list[nn.Parameter] = []
+        for choice in self.space.choice_modules():
+            if isinstance(choice, LayerChoice) and not isinstance(choice._index, Tensor):
+                key = (id(choice), choice._index)
+                if key not in self._inactive_cache:
+                    active = {id(p) for p in choice._modules_list[choice._index].parameters()}
+                    self._inactive_cache[key] = [p for p in choice.parameters() if id(p) not in active]
+                out.extend(self._inactive_cache[key])
+        return out
+
+    @override
+    def on_after_backward(self) -> None:
+        # the official code drops all-zero gradients; we know which candidates did not run, no reduction needed
+        for p in self.inactive_parameters():
+            p.grad = None
+
+    # --- validation on a fixed path -------------------------------------------------------
+    @override
+    def on_validation_start(self) -> None:
+        self._train_arch = self.space.active_arch
+        self.space.activate(self.space.sample(step_generator(self.hparams.val_seed, 0)), validate=False)
+
+    @override
+    def on_validation_end(self) -> None:
+        if self._train_arch is not None:
+            self.space.activate(self._train_arch, validate=False)
+
+    @override
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.space(x)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, batch_size=len(y), sync_dist=True)
+
+    # --- optimisation ---------------------------------------------------------------------
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = build_optimizer(split_decay(self.space, hp.weight_decay, conv_linear_only=True), "sgd", hp.lr,
+                                    hp.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        schedule = warmup_schedule(optimizer, total, int(hp.warmup_epochs * total / epochs), hp.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- checkpoints ----------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_space_checkpoint(self.space, checkpoint)
+
+
+def check_space_checkpoint(space: SearchSpace, checkpoint: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another space before any weights are loaded.
+
+    Raises:
+        ValueError: naming both spaces.
+    """
+    saved = checkpoint.get("space")
+    if saved and saved.get("fingerprint") != space.fingerprint():
+        raise ValueError(
+            f"checkpoint was saved from space {saved.get('name')} (fingerprint {saved.get('fingerprint')}), but "
+            f"this model's space is {space.space_name} (fingerprint {space.fingerprint()}); load it with the same "
+            "space settings (recipe) it was trained with."
+        )
+
+
+__all__ = ["SPOSModule", "check_space_checkpoint"]
