@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_nas.arch import Arch
-from lightning_nas.nn.choice import freeze_module
+from lightning_nas.nn.choice import Choice
 from lightning_nas.nn.quantize import FLOAT_BITS
 
 __all__ = ["CostTable", "bitops", "cost_range", "cost_table", "count_macs", "cost_of", "macs", "params"]
@@ -52,6 +52,22 @@ def count_macs(module: nn.Module, *inputs: torch.Tensor) -> float:
     return counter.get_total_flops() / 2
 
 
+def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    named = itertools.chain(module.named_parameters(remove_duplicate=False), module.named_buffers())
+    return {n: torch.empty_like(t, device="meta") for n, t in named}
+
+
+def _run_on_meta(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """One forward on the meta device: real shapes, real dispatch (FlopCounterMode counts it), no arithmetic."""
+    torch.func.functional_call(module, _meta_state(module), (torch.empty(shape, device="meta"),), strict=False)
+
+
+def _meta_macs(layer: nn.Module, shape: tuple[int, ...]) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        _run_on_meta(layer, shape)
+    return counter.get_total_flops() / 2
+
+
 def _bit_key(layer: nn.Module) -> BitKey:
     bits = getattr(layer, "bits", None)
     if bits is not None:
@@ -59,14 +75,29 @@ def _bit_key(layer: nn.Module) -> BitKey:
     return (int(getattr(layer, "wbits", FLOAT_BITS)), int(getattr(layer, "abits", FLOAT_BITS)))
 
 
+def _is_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear))
+
+
 def _leaf_layers(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [m for m in module.modules() if _is_layer(m)]
 
 
-def _trace_layers(module: nn.Module, run: Any) -> list[tuple[nn.Module, torch.Size]]:
-    """Run ``run()`` and record every conv/linear layer of ``module`` that ran, with its input shape."""
+def _leaves(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if _is_layer(m) or next(m.children(), None) is None]
+
+
+def _active_shape(layer: nn.Module, shape: torch.Size) -> tuple[int, ...]:
+    """The input shape ``layer`` sees on the active path (dynamic layers take ``active_in`` channels)."""
+    active_in = getattr(layer, "active_in", None)
+    return tuple(shape) if active_in is None else (shape[0], active_in, *shape[2:])
+
+
+def _trace_layers(module: nn.Module, run: Any, leaves: bool = False) -> list[tuple[nn.Module, torch.Size]]:
+    """Run ``run()`` and record every conv/linear layer (or leaf module) of ``module`` that ran, with its input shape."""
     seen: list[tuple[nn.Module, torch.Size]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0].shape))) for m in _leaf_layers(module)]
+    watched = _leaves(module) if leaves else _leaf_layers(module)
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0].shape))) for m in watched]
     try:
         with torch.no_grad():
             run()
@@ -93,6 +124,7 @@ class CostTable:
         self.decisions = space.decisions()
         self.bit_names = {n for m in space.modules() for n in _bit_names(m)}
         self.units = self._units()
+        self.width_names = {n for m in space.modules() for n in _width_names(m)}
         self._layer_cache: dict[Any, float] = {}
         self.tables: list[dict[tuple[Any, ...], UnitCost]] = []
         self.fixed = UnitCost()
@@ -113,8 +145,7 @@ class CostTable:
     def _layer_macs(self, layer: nn.Module, shape: torch.Size) -> float:
         key = (id(layer), tuple(shape), getattr(layer, "active_in", None), getattr(layer, "active_out", None))
         if key not in self._layer_cache:
-            x = torch.zeros(shape, device=_device_of(layer))
-            self._layer_cache[key] = count_macs(layer, x)
+            self._layer_cache[key] = _meta_macs(layer, tuple(shape))
         return self._layer_cache[key]
 
     def _build(self) -> None:
@@ -127,8 +158,8 @@ class CostTable:
         space.eval()
         try:
             space.activate(base, validate=False)
-            x = torch.zeros(1, space.in_channels, space.input_size, space.input_size, device=_device_of(space))
-            trace = _trace_layers(space, lambda: space(x))
+            shape = (1, space.in_channels, space.input_size, space.input_size)
+            trace = _trace_layers(space, lambda: _run_on_meta(space, shape))
             for h in hooks:
                 h.remove()
             self._build_fixed(trace, base)
@@ -149,15 +180,40 @@ class CostTable:
                 self.fixed.add_layer(_bit_key(layer), self._layer_macs(layer, shape))
 
     def _build_unit(self, unit: nn.Module, keys: list[str], shape: torch.Size, base: Arch) -> dict:
+        """Cost of every combination of the unit's decisions.
+
+        Which layers run, and at which spatial size, depends only on the structural decisions (ops,
+        inputs), not on widths: one traced forward per structure, then per-layer counts at the active
+        widths, each counted once by FlopCounterMode and cached.
+        """
         table: dict[tuple[Any, ...], UnitCost] = {}
-        x = torch.zeros(shape, device=_device_of(unit))
+        structural = [k for k in keys if k not in self.width_names]
+        traces: dict[tuple[Any, ...], list[tuple[nn.Module, torch.Size]]] = {}
+        choices = [m for m in unit.modules() if isinstance(m, Choice)]
         for combo in itertools.product(*(self.decisions[k] for k in keys)):
-            self.space.activate({**base, **dict(zip(keys, combo))}, validate=False)
-            cost = UnitCost(params=float(sum(p.numel() for p in freeze_module(unit).parameters())))
-            for layer, layer_shape in _trace_layers(unit, lambda: unit(x)):
-                cost.add_layer(_bit_key(layer), self._layer_macs(layer, layer_shape))
+            arch = {**base, **dict(zip(keys, combo))}
+            for choice in choices:
+                choice.activate_choice(arch)
+            skey = tuple(arch[k] for k in structural)
+            if skey not in traces:
+                traces[skey] = _trace_layers(unit, lambda: _run_on_meta(unit, tuple(shape)), leaves=True)
+            cost = UnitCost()
+            for leaf in {id(m): m for m, _ in traces[skey]}.values():
+                cost.params += self._leaf_params(leaf)
+            for leaf, leaf_shape in traces[skey]:
+                if _is_layer(leaf):
+                    cost.add_layer(_bit_key(leaf), self._layer_macs(leaf, _active_shape(leaf, leaf_shape)))
             table[combo] = cost
         return table
+
+    def _leaf_params(self, leaf: nn.Module) -> float:
+        """Parameters ``leaf`` has once exported (active slices; BatchNorm exported with affine)."""
+        if hasattr(leaf, "_active_weight"):
+            w, b = leaf._active_weight()[:2]
+            return float(w.numel() + (b.numel() if b is not None else 0))
+        if isinstance(leaf, nn.modules.batchnorm._BatchNorm):
+            return float(2 * getattr(leaf, "active", leaf.num_features))
+        return float(sum(p.numel() for p in leaf.parameters(recurse=False)))
 
     def _fixed_params(self, base: Arch) -> None:
         total = sum(p.numel() for p in self.space.export(base).parameters())
@@ -195,6 +251,11 @@ class CostTable:
 def _bit_names(module: nn.Module) -> list[str]:
     bits = getattr(module, "bits", None)
     return [bits.weight_name, bits.act_name] if bits is not None and hasattr(bits, "weight_name") else []
+
+
+def _width_names(module: nn.Module) -> list[str]:
+    widths = [getattr(module, a, None) for a in ("in_width", "out_width", "width")]
+    return [w.name for w in widths if w is not None and hasattr(w, "channels")]
 
 
 def _bits_of(key: BitKey, arch: Mapping[str, Any]) -> tuple[float, float]:

@@ -1,0 +1,369 @@
+"""The shared base of every datamodule: seeded held-out split, loaders and transforms.
+
+A data set subclasses :class:`VisionDataModule` and adds only what differs: its class
+attributes (``name``, ``num_classes``, ``input_size``, ``in_channels``, ``mean``, ``std``),
+its default transforms, a check that the data root holds its files, and the constructors
+of its untransformed train and test data sets. The base turns those into the loaders:
+
+- ``train_dataloader``: the training set minus the held-out part, train transforms;
+- ``val_dataloader``: the held-out part of the *training* set, eval transforms (the
+  searches score candidates on it, so the official test split is never searched on);
+- ``test_dataloader`` / ``predict_dataloader``: the official test (or val) split;
+- ``calibration_dataloader``: a fixed sequence of augmented training batches for
+  BatchNorm re-calibration, identical on every call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.transforms import v2
+
+Transform = Callable[[Any], Any]
+
+
+class DataRootError(FileNotFoundError):
+    """A data root does not hold the files a datamodule expects.
+
+    The message names the folder, the files looked for and how to get them.
+    """
+
+
+def default_num_workers(cap: int = 4) -> int:
+    """Return a loader worker count that suits this machine: ``min(cap, os.cpu_count())``.
+
+    Args:
+        cap: The most workers to use.
+    """
+    return max(0, min(cap, os.cpu_count() or 1))
+
+
+def split_indices(n: int, val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split ``range(n)`` into a training part and a held-out part, deterministically.
+
+    The permutation comes from a CPU generator seeded with ``seed`` only, so every process
+    (every DDP rank, every later run) gets the same indices for the same ``n`` and ``seed``.
+
+    Args:
+        n: Number of samples in the training set.
+        val_split: Fraction held out, in (0, 1). At least one sample lands on each side.
+        seed: Seed of the split.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted, disjoint, together ``range(n)``.
+
+    Raises:
+        ValueError: If ``n < 2`` (nothing to split) or ``val_split`` is not in (0, 1).
+    """
+    check_val_split(val_split)
+    if n < 2:
+        raise ValueError(f"Cannot hold out a validation part of a training set of {n} sample(s); need at least 2.")
+    n_val = min(max(round(n * val_split), 1), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def check_val_split(val_split: float) -> None:
+    """Raise a ``ValueError`` naming ``val_split`` and the fix unless it lies in (0, 1)."""
+    if not 0.0 < float(val_split) < 1.0:
+        raise ValueError(
+            f"val_split={val_split!r} must lie strictly between 0 and 1: it is the fraction of the training set "
+            "held out for the search's validation split. Use e.g. `val_split: 0.1` (CLI: --data.val_split 0.1)."
+        )
+
+
+def read_image_rgb(path: str) -> Tensor:
+    """Decode an image file to a ``uint8`` RGB tensor of shape ``(3, H, W)``.
+
+    JPEG files are decoded by ``torchvision.io.decode_jpeg`` straight from the file's bytes
+    (no PIL round trip); other formats, and JPEGs libjpeg declines, go through PIL.
+
+    Args:
+        path: The image file.
+    """
+    data = read_file(path)
+    if data.numel() > 2 and data[0] == 0xFF and data[1] == 0xD8:
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # e.g. an unusual colour space: PIL below copes
+    with Image.open(path) as img:
+        return v2.functional.pil_to_tensor(img.convert("RGB"))
+
+
+class TransformedSubset(Dataset):
+    """The samples ``indices`` of ``dataset`` with ``transform`` applied to each image.
+
+    Lets the training part (train transforms) and the held-out part (eval transforms) share
+    one underlying data set, so the files are read or held in memory once.
+
+    Args:
+        dataset: An untransformed data set of ``(image, label)`` pairs.
+        indices: Which samples of ``dataset`` to expose, in order.
+        transform: Applied to each image.
+        aug_seed: When given, each sample's random augmentation is drawn from a generator
+            seeded by ``(aug_seed, index)``, so the same index always yields the same tensor;
+            the global RNG is left as it was.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        indices: Sequence[int],
+        transform: Transform | None = None,
+        aug_seed: int | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.transform = transform
+        self.aug_seed = aug_seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        index = self.indices[i]
+        image, label = self.dataset[index]
+        if self.transform is None:
+            return image, int(label)
+        if self.aug_seed is None:
+            return self.transform(image), int(label)
+        # The default CPU generator is what the transforms draw from; seeding it directly is far
+        # cheaper per sample than torch.manual_seed / fork_rng, which also touch accelerators.
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(self.aug_seed * 1_000_003 + index)
+        try:
+            return self.transform(image), int(label)
+        finally:
+            generator.set_state(state)
+
+
+class VisionDataModule(LightningDataModule):
+    """Base of the image-classification datamodules.
+
+    Subclasses set the class attributes and implement :meth:`default_train_transforms`,
+    :meth:`default_eval_transforms`, :meth:`check_data_root`, :meth:`make_train_dataset`
+    and :meth:`make_test_dataset`. ``num_classes``, ``input_size`` and ``in_channels`` can be
+    read right after ``__init__`` (the CLI links them into the model).
+
+    Args:
+        data_dir: Folder holding the data set's files.
+        batch_size: Samples per batch.
+        num_workers: Loader worker processes; 0 loads in the main process.
+        val_split: Fraction of the training set held out as the validation split, in (0, 1).
+        seed: Seed of the held-out split (and of the calibration batches).
+        pin_memory: Pin batches for faster host-to-GPU copies (only when CUDA is available).
+        persistent_workers: Keep workers alive between epochs (only when ``num_workers > 0``).
+        drop_last: Drop the last incomplete training batch.
+        prefetch_factor: Batches each worker loads ahead (only when ``num_workers > 0``);
+            ``None`` keeps PyTorch's default.
+        train_transforms: Replace :meth:`default_train_transforms`.
+        eval_transforms: Replace :meth:`default_eval_transforms`.
+
+    Raises:
+        ValueError: If ``val_split`` is not in (0, 1) or ``batch_size``/``num_workers`` is invalid.
+    """
+
+    name: ClassVar[str] = ""
+    num_classes: int = 0
+    input_size: int = 0
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __init__(
+        self,
+        data_dir: str = ".",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_split: float = 0.1,
+        seed: int = 42,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = False,
+        prefetch_factor: int | None = None,
+        train_transforms: Transform | None = None,
+        eval_transforms: Transform | None = None,
+    ) -> None:
+        super().__init__()
+        check_val_split(val_split)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be at least 1.")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers!r} must be 0 (load in the main process) or more.")
+        self.data_dir = str(data_dir)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_split = float(val_split)
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self.prefetch_factor = prefetch_factor
+        self.train_transforms = train_transforms or self.default_train_transforms()
+        self.eval_transforms = eval_transforms or self.default_eval_transforms()
+        self.train_indices: list[int] = []
+        self.val_indices: list[int] = []
+        self._train_source: Dataset | None = None
+        self._test_source: Dataset | None = None
+        self._calibration: dict[tuple[int, int | None], DataLoader] = {}
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """The shape ``(C, H, W)`` of one input image."""
+        return (self.in_channels, self.input_size, self.input_size)
+
+    # What a data set defines.
+
+    def default_train_transforms(self) -> Transform:
+        """Return the training transform: augmentation, then conversion to a normalized float tensor."""
+        raise NotImplementedError(f"{type(self).__name__} must define this.")
+
+    def default_eval_transforms(self) -> Transform:
+        """Return the evaluation transform: deterministic conversion to a normalized float tensor."""
+        raise NotImplementedError(f"{type(self).__name__} must define this.")
+
+    def check_data_root(self) -> None:
+        """Raise :class:`DataRootError` naming the folder, the missing files and the fix."""
+        raise NotImplementedError(f"{type(self).__name__} must define this.")
+
+    def make_train_dataset(self) -> Dataset:
+        """Return the untransformed official training set of ``(image, label)`` pairs."""
+        raise NotImplementedError(f"{type(self).__name__} must define this.")
+
+    def make_test_dataset(self) -> Dataset:
+        """Return the untransformed official test (or validation) set of ``(image, label)`` pairs."""
+        raise NotImplementedError(f"{type(self).__name__} must define this.")
+
+    def download_data(self) -> None:
+        """Fetch the data set into ``data_dir``, where the data set supports it (a no-op here)."""
+
+    def normalize(self) -> v2.Normalize:
+        """Return the data set's normalization of a float image tensor."""
+        return v2.Normalize(mean=list(self.mean), std=list(self.std))
+
+    # Lightning hooks.
+
+    def prepare_data(self) -> None:
+        """Download if asked and supported, then check the data root (rank 0 only)."""
+        self.download_data()
+        self.check_data_root()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the data root and build the data sets the stage needs (every rank).
+
+        Args:
+            stage: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or ``None`` for all.
+        """
+        if stage in (None, "fit", "validate"):
+            self._setup_train()
+        if stage in (None, "test", "predict"):
+            self._setup_test()
+
+    def _setup_train(self) -> None:
+        if self._train_source is not None:
+            return
+        self.check_data_root()
+        source = self.make_train_dataset()
+        self.train_indices, self.val_indices = split_indices(len(source), self.val_split, self.seed)
+        self._train_source = source
+
+    def _setup_test(self) -> None:
+        if self._test_source is not None:
+            return
+        self.check_data_root()
+        self._test_source = self.make_test_dataset()
+
+    # Data sets and loaders.
+
+    @property
+    def train_dataset(self) -> TransformedSubset:
+        """The training set minus the held-out part, with the train transforms."""
+        self._setup_train()
+        return TransformedSubset(self._train_source, self.train_indices, self.train_transforms)
+
+    @property
+    def val_dataset(self) -> TransformedSubset:
+        """The held-out part of the training set, with the eval transforms."""
+        self._setup_train()
+        return TransformedSubset(self._train_source, self.val_indices, self.eval_transforms)
+
+    @property
+    def test_dataset(self) -> TransformedSubset:
+        """The official test (or validation) split, with the eval transforms."""
+        self._setup_test()
+        return TransformedSubset(self._test_source, range(len(self._test_source)), self.eval_transforms)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented batches of the training part."""
+        return self._loader(self.train_dataset, shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches of the held-out part of the training set (what searches score on)."""
+        return self._loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        """Batches of the official test split."""
+        return self._loader(self.test_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of the official test split."""
+        return self.test_dataloader()
+
+    def calibration_dataloader(self, batch_size: int | None = None, num_batches: int | None = None) -> DataLoader:
+        """Training batches in a fixed order with fixed augmentation, for BatchNorm re-calibration.
+
+        The samples are a seeded permutation of the training part and each sample's
+        augmentation is seeded by its index, so every call yields identical batches and every
+        candidate architecture is re-calibrated on exactly the same data.
+
+        Args:
+            batch_size: Samples per batch; defaults to the module's ``batch_size``.
+            num_batches: Number of batches; ``None`` uses the whole training part.
+
+        Raises:
+            ValueError: If ``batch_size`` or ``num_batches`` is below 1.
+        """
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if batch_size < 1 or (num_batches is not None and num_batches < 1):
+            raise ValueError(f"batch_size={batch_size} and num_batches={num_batches} must be at least 1.")
+        key = (batch_size, num_batches)
+        if key not in self._calibration:
+            self._setup_train()
+            order = torch.randperm(len(self.train_indices), generator=torch.Generator().manual_seed(self.seed + 1))
+            if num_batches is not None:
+                order = order[: num_batches * batch_size]
+            indices = [self.train_indices[i] for i in order.tolist()]
+            dataset = TransformedSubset(self._train_source, indices, self.train_transforms, aug_seed=self.seed)
+            self._calibration[key] = self._loader(dataset, batch_size=batch_size)
+        return self._calibration[key]
+
+    def _loader(
+        self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
+        workers = self.num_workers > 0
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers,
+            prefetch_factor=self.prefetch_factor if workers else None,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(data_dir={self.data_dir!r}, batch_size={self.batch_size}, "
+            f"val_split={self.val_split}, seed={self.seed})"
+        )

@@ -1,0 +1,168 @@
+"""CIFAR-10 and CIFAR-100 datamodules (torchvision's on-disk format)."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from lightning_nas.datamodules.base import DataRootError, Transform, VisionDataModule, default_num_workers
+
+
+class _CIFAR10Files(datasets.CIFAR10):
+    """torchvision's CIFAR-10 reader that checks the files exist but not their MD5 sums.
+
+    Hashing 180 MB on every run buys nothing once the files are in place, and it would
+    reject the small fakes the tests write in the same format. A download still verifies
+    the archive's MD5, as torchvision does.
+    """
+
+    train_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+    test_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+    meta: ClassVar[dict[str, str | None]] = {**datasets.CIFAR10.meta, "md5": None}
+
+
+class _CIFAR100Files(datasets.CIFAR100):
+    """torchvision's CIFAR-100 reader that checks the files exist but not their MD5 sums."""
+
+    train_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in datasets.CIFAR100.train_list]
+    test_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in datasets.CIFAR100.test_list]
+    meta: ClassVar[dict[str, str | None]] = {**datasets.CIFAR100.meta, "md5": None}
+
+
+class CIFAR10DataModule(VisionDataModule):
+    """CIFAR-10: 50,000 training and 10,000 test images of 32×32 pixels, 10 classes.
+
+    Expects ``<data_dir>/cifar-10-batches-py/`` as extracted from the official archive
+    (``data_batch_1`` … ``data_batch_5``, ``test_batch``, ``batches.meta``); with
+    ``download=True`` it fetches the archive there first (on rank 0, in ``prepare_data``).
+    Training augmentation: random crop 32 with 4 px padding, horizontal flip.
+
+    Args:
+        data_dir: Folder holding (or receiving) ``cifar-10-batches-py/``.
+        batch_size: Samples per batch.
+        num_workers: Loader worker processes.
+        val_split: Fraction of the training set held out for the search's validation split.
+        seed: Seed of the held-out split.
+        pin_memory: Pin batches for faster GPU copies (only when CUDA is available).
+        persistent_workers: Keep workers alive between epochs (only when ``num_workers > 0``).
+        drop_last: Drop the last incomplete training batch.
+        download: Download the data set into ``data_dir`` if its files are missing.
+        train_transforms: Replace the default training transform.
+        eval_transforms: Replace the default evaluation transform.
+
+    Example::
+
+        dm = CIFAR10DataModule("data/", download=True)
+        trainer.fit(model, datamodule=dm)
+    """
+
+    name: ClassVar[str] = "cifar10"
+    num_classes: int = 10
+    input_size: int = 32
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
+    dataset_cls: ClassVar[type[datasets.CIFAR10]] = _CIFAR10Files
+    archive_name: ClassVar[str] = "cifar-10-python.tar.gz (170 MB)"
+
+    def __init__(
+        self,
+        data_dir: str = ".",
+        batch_size: int = 128,
+        num_workers: int = default_num_workers(4),
+        val_split: float = 0.1,
+        seed: int = 42,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = False,
+        download: bool = False,
+        train_transforms: Transform | None = None,
+        eval_transforms: Transform | None = None,
+    ) -> None:
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_split=val_split,
+            seed=seed,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            drop_last=drop_last,
+            train_transforms=train_transforms,
+            eval_transforms=eval_transforms,
+        )
+        self.download = download
+
+    def default_train_transforms(self) -> Transform:
+        """Random crop 32 (4 px zero padding), horizontal flip, normalize."""
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RandomCrop(32, padding=4),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                self.normalize(),
+            ]
+        )
+
+    def default_eval_transforms(self) -> Transform:
+        """Convert to a float tensor and normalize."""
+        return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), self.normalize()])
+
+    def expected_files(self) -> list[str]:
+        """The files the data set needs, relative to ``data_dir``."""
+        cls = self.dataset_cls
+        names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return [f"{cls.base_folder}/{name}" for name in names]
+
+    def download_data(self) -> None:
+        """Download and extract the official archive into ``data_dir`` when ``download`` is set."""
+        if self.download:
+            os.makedirs(self.data_dir, exist_ok=True)
+            self.dataset_cls(self.data_dir, train=True, download=True)
+
+    def check_data_root(self) -> None:
+        """Raise :class:`DataRootError` if any expected file is missing.
+
+        Raises:
+            DataRootError: Naming the folder, the files looked for and how to get them.
+        """
+        missing = [f for f in self.expected_files() if not os.path.isfile(os.path.join(self.data_dir, f))]
+        if not missing:
+            return
+        raise DataRootError(
+            f"{type(self).__name__}: {os.path.abspath(self.data_dir)!r} does not hold the {self.name} files; "
+            f"looked for {', '.join(self.expected_files())} and missed {', '.join(missing)}. "
+            f"Fix: set `download: true` in the data's init_args (CLI: --data.download true) to fetch "
+            f"{self.archive_name} into that folder, or point `data_dir` at the folder that holds "
+            f"{self.dataset_cls.base_folder}/."
+        )
+
+    def make_train_dataset(self) -> Dataset:
+        """The 50,000 training images as PIL images with integer labels."""
+        return self.dataset_cls(self.data_dir, train=True, download=False)
+
+    def make_test_dataset(self) -> Dataset:
+        """The 10,000 test images as PIL images with integer labels."""
+        return self.dataset_cls(self.data_dir, train=False, download=False)
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100: 50,000 training and 10,000 test images of 32×32 pixels, 100 fine classes.
+
+    Expects ``<data_dir>/cifar-100-python/`` (``train``, ``test``, ``meta``); otherwise as
+    :class:`CIFAR10DataModule`, whose arguments it takes.
+    """
+
+    name: ClassVar[str] = "cifar100"
+    num_classes: int = 100
+    mean: tuple[float, ...] = (0.5071, 0.4865, 0.4409)
+    std: tuple[float, ...] = (0.2673, 0.2564, 0.2762)
+    dataset_cls: ClassVar[type[datasets.CIFAR10]] = _CIFAR100Files
+    archive_name: ClassVar[str] = "cifar-100-python.tar.gz (169 MB)"
+
