@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 LINKED_FROM_DATA = ("num_classes", "input_size")
@@ -99,7 +100,9 @@ class LightningNASCLI(LightningCLI):
 
     def after_fit(self) -> None:
         cfg = self.config[self.subcommand]
-        if cfg.get("test_after_fit") and not self.trainer.fast_dev_run and not self.trainer.interrupted:
+        if not cfg.get("test_after_fit") or self.trainer.fast_dev_run or self.trainer.interrupted:
+            return
+        if is_overridden("test_step", self.model):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 

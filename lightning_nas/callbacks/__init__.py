@@ -1,5 +1,6 @@
 """Loop-level behaviour of the searches: each callback usable on its own and stateful."""
 
+from lightning_nas.callbacks.evolution_search import EvolutionSearch
 from lightning_nas.callbacks.path_sampling import PathSampling
 
-__all__ = ["PathSampling"]
+__all__ = ["EvolutionSearch", "PathSampling"]

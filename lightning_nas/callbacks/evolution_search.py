@@ -1,0 +1,434 @@
+"""``EvolutionSearch``: SPOS's evolutionary search over a trained supernet, at the end of ``fit``.
+
+Guo et al., "Single Path One-Shot Neural Architecture Search with Uniform Sampling", ECCV 2020,
+https://arxiv.org/abs/1904.00420. Each candidate is activated on the shared supernet, its BatchNorm
+statistics are re-calibrated on fixed training batches, and it is scored by top-1 accuracy on the
+held-out validation split. One evolution runs per constraint (as the official code); a score cache
+keyed by arch means no arch is scored twice, and each constraint's answer is the best visited arch
+(of any of the evolutions) that meets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from tqdm.auto import tqdm
+from typing_extensions import override
+
+from lightning_nas.arch import Arch, save_arch
+from lightning_nas.search import constraints as _constraints
+from lightning_nas.search.constraints import Constraint
+from lightning_nas.search.evaluate import (
+    accuracy, collect_batches, collect_inputs, recalibrate_bn, restore_buffers, restore_modes, save_buffers, save_modes,
+)
+from lightning_nas.search.evolution import EvolutionConfig, EvolutionState, Record, arch_key, evolve, top_k
+from lightning_nas.spaces.base import SearchSpace
+
+__all__ = ["EvolutionSearch", "SearchableModule"]
+
+STATE_FILE = "search_state.json"
+STATE_FORMAT = 1
+
+
+@runtime_checkable
+class SearchableModule(Protocol):
+    """What :class:`EvolutionSearch` needs from a LightningModule: the supernet as ``space``."""
+
+    space: SearchSpace
+
+
+@dataclass
+class _SearchData:
+    calib: list[Tensor]
+    val: list[tuple[Tensor, Tensor]]
+
+
+class EvolutionSearch(Callback):
+    """Search the trained supernet for the best arch under each constraint (SPOS's evolution).
+
+    Args:
+        population: candidates per generation.
+        topk: parents come from the ``topk`` best archs visited so far.
+        mutations: mutants per generation (each gene resampled with ``mutation_prob``).
+        crossovers: crossover children per generation.
+        mutation_prob: per-gene probability of a mutation.
+        generations: generations scored, the random first one included.
+        constraints: cost bounds, ``Constraint`` or dicts such as ``{"metric": "macs", "max": 330000000}``;
+            one evolution and one best arch per constraint. ``None``: unconstrained.
+        strategy: ``"evolution"``, or ``"random"`` (the baseline: as many uniformly drawn legal archs).
+        calib_images: training images for each candidate's BatchNorm re-calibration.
+        calib_batch_size: their batch size (default: the loader's).
+        val_batches: validation batches each candidate is scored on (``None``: all).
+        seed: the search seed; each generation is seeded by ``(seed, constraint, generation)``.
+        output_dir: where outputs go (default: ``trainer.log_dir``).
+        latency_table: path of a ``lightning_nas.cost.LatencyTable`` for ``latency_ms`` constraints.
+        run_on_validate: also search when the trainer runs ``validate`` (serve new budgets from one checkpoint).
+
+    Outputs (rank 0, in ``output_dir``): ``best_arch.json`` (``best_arch_<constraint>.json`` with several
+    constraints), ``search_history.jsonl``, ``search_topk.md``, ``search_pareto.png`` and
+    ``search_state.json`` (the resume point, rewritten after every generation); the same go to the loggers.
+
+    Example::
+
+        trainer = Trainer(callbacks=[PathSampling(), EvolutionSearch(constraints=[{"metric": "macs", "max": 330e6}])])
+    """
+
+    def __init__(
+        self, population: int = 50, topk: int = 10, mutations: int = 25, crossovers: int = 25,
+        mutation_prob: float = 0.1, generations: int = 20,
+        constraints: Sequence[Mapping[str, Any] | Constraint] | None = None, strategy: str = "evolution",
+        calib_images: int = 20000, calib_batch_size: int | None = None, val_batches: int | None = None,
+        seed: int = 0, output_dir: str | None = None, latency_table: str | None = None,
+        run_on_validate: bool = False,
+    ) -> None:
+        if strategy not in ("evolution", "random"):
+            raise ValueError(f"EvolutionSearch strategy must be 'evolution' or 'random', got {strategy!r}.")
+        random = strategy == "random"
+        self.config = EvolutionConfig(population, topk, 0 if random else mutations, 0 if random else crossovers,
+                                      mutation_prob, generations)
+        self.constraints = [Constraint.parse(c) for c in constraints or []]
+        names = [c.name for c in self.constraints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Constraint names must differ, got {names}; give each a 'name'.")
+        self.strategy, self.seed, self.run_on_validate = strategy, seed, run_on_validate
+        self.calib_images, self.calib_batch_size, self.val_batches = calib_images, calib_batch_size, val_batches
+        self.output_dir, self.latency_table_path = output_dir, latency_table
+        self.history: list[Record] = []
+        self.best: dict[str, Record] = {}
+        self._runs: list[EvolutionState] = []
+        self._cache: dict[str, float] = {}
+        self._settings: dict[str, Any] = {}
+        self._loaded: dict[str, Any] | None = None
+        self._latency: Any = None
+        self._data: _SearchData | None = None
+        self._buffers: dict[str, Tensor] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(strategy=self.strategy, constraints=[c.name for c in self.constraints])
+
+    # --- hooks ------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage not in ("fit", "validate") or (stage == "validate" and not self.run_on_validate):
+            return
+        if not isinstance(pl_module, SearchableModule) or not isinstance(pl_module.space, SearchSpace):
+            found = type(getattr(pl_module, "space", None)).__name__
+            raise MisconfigurationException(
+                f"EvolutionSearch needs {type(pl_module).__name__} to have a `space` attribute that is a "
+                f"lightning_nas.spaces.SearchSpace (found {found}): it activates and scores archs of that supernet."
+            )
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "val_dataloader") or not hasattr(dm, "train_dataloader"):
+            raise MisconfigurationException(
+                "EvolutionSearch needs a LightningDataModule with train_dataloader() (or calibration_dataloader()) "
+                "for BatchNorm re-calibration and val_dataloader() (the held-out split) for scoring."
+            )
+        if self.latency_table_path is not None and self._latency is None:
+            from lightning_nas.cost import LatencyTable
+
+            self._latency = LatencyTable.load(self.latency_table_path)
+        _constraints.check_feasible(pl_module.space, self.constraints, self._latency)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # on_train_end, not on_fit_end: the latter runs after the strategy's teardown (model off device).
+        self.search(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.run_on_validate and trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:
+            self.search(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if not self._settings:
+            return {}
+        return {"format": STATE_FORMAT, "settings": self._settings, "runs": [r.state_dict() for r in self._runs],
+                "cache": dict(self._cache)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = dict(state_dict) if state_dict.get("settings") else None
+
+    # --- the search -------------------------------------------------------------------------
+    def search(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Record]:
+        """Run (or resume) the search on every rank; returns the best record per constraint."""
+        space: SearchSpace = pl_module.space  # type: ignore[attr-defined]
+        minimal = bool(trainer.fast_dev_run)
+        config = EvolutionConfig(2, 1, 0, 0, self.config.mutation_prob, 1) if minimal else self.config
+        out_dir = None if minimal else Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        self._settings = self._make_settings(space, config)
+        self._resume(trainer, out_dir)
+        decisions = space.decisions()
+        costs = self._cost_fn(space)
+        score = self._score_fn(trainer, pl_module)
+        quiet = not trainer.is_global_zero or trainer.progress_bar_callback is None
+        bar = tqdm(total=config.generations * len(self._runs), initial=sum(r.generation for r in self._runs),
+                   desc="EvolutionSearch", unit="gen", disable=quiet)
+
+        def saved(run: EvolutionState) -> None:
+            bar.update(1)
+            best = top_k(run.history, 1)
+            bar.set_postfix(constraint=run.name, best=f"{best[0]['score']:.4f}" if best else "-")
+            if out_dir is not None and trainer.is_global_zero:
+                _write_json(out_dir / STATE_FILE, self.state_dict())
+
+        with self._preserved(pl_module):
+            for i, run in enumerate(self._runs):
+                c = self.constraints[i] if self.constraints else None
+                legal = (lambda a, c=c: c.satisfied(costs(a))) if c is not None else (lambda a: True)
+                evolve(decisions, config, score, is_legal=legal, costs=costs, seed=self.seed, run=i, state=run,
+                       on_generation=saved)
+        bar.close()
+        self._finish(trainer, space, out_dir)
+        return self.best
+
+    def score_arch(self, trainer: Trainer, pl_module: LightningModule, arch: Arch) -> float:
+        """Score one arch: re-calibrate BatchNorm on the calibration batches, then top-1 on the validation batches.
+
+        Every candidate starts from the trained buffers, so its score does not depend on the order of scoring.
+        """
+        data = self._search_data(trainer, pl_module)
+        space: SearchSpace = pl_module.space  # type: ignore[attr-defined]
+        restore_buffers(space, self._buffers)
+        space.activate(arch)
+        context = trainer.precision_plugin.forward_context
+        recalibrate_bn(space, data.calib, context=context)
+        return accuracy(space, data.val, context=context)
+
+    def _make_settings(self, space: SearchSpace, config: EvolutionConfig) -> dict[str, Any]:
+        with torch.no_grad():  # the search's result depends on the trained weights: resume only on the same ones
+            weights = f"{sum(float(p.double().sum()) for p in space.parameters()):.12e}"
+        return {"space": space.fingerprint(), "weights": weights, "config": asdict(config), "strategy": self.strategy,
+                "seed": self.seed, "constraints": [c.to_dict() for c in self.constraints],
+                "calib_images": self.calib_images, "calib_batch_size": self.calib_batch_size,
+                "val_batches": self.val_batches}
+
+    def _resume(self, trainer: Trainer, out_dir: Path | None) -> None:
+        """Continue from the checkpointed or saved state with the same settings, if any (rank 0 decides)."""
+        candidates = [self._loaded] if self._loaded is not None else []
+        if out_dir is not None and trainer.is_global_zero and (out_dir / STATE_FILE).is_file():
+            candidates.append(json.loads((out_dir / STATE_FILE).read_text()))
+        matching = [s for s in candidates if s.get("settings") == self._settings] if trainer.is_global_zero else []
+        state = max(matching, key=lambda s: sum(r.get("generation", 0) for r in s["runs"]), default=None)
+        state = trainer.strategy.broadcast(state, src=0)  # every rank must resume from the same point
+        self._runs = [EvolutionState(name=c.name) for c in self.constraints] or [EvolutionState()]
+        self._cache = {}
+        if state is not None:
+            for run, saved in zip(self._runs, state["runs"]):
+                run.load_state_dict(saved)
+            self._cache = {k: float(v) for k, v in state.get("cache", {}).items()}
+
+    def _cost_fn(self, space: SearchSpace) -> Callable[[Arch], dict[str, float]]:
+        fns = {c.metric: _constraints.cost_function(space, c.metric, self._latency) for c in self.constraints}
+        plot = self._plot_metric()
+        if plot not in fns:
+            try:  # only for the plot's axis: a space without cost tables still gets searched
+                fn = _constraints.cost_function(space, plot, self._latency)
+                fn(space.sample(torch.Generator().manual_seed(0)))
+                fns[plot] = fn
+            except (ImportError, ValueError, AttributeError, NotImplementedError) as err:
+                rank_zero_warn(f"EvolutionSearch: no {plot} cost for {space.space_name} ({err}); plotting by index.")
+        memo: dict[str, dict[str, float]] = {}
+
+        def costs(arch: Arch) -> dict[str, float]:
+            key = arch_key(arch)
+            if key not in memo:
+                memo[key] = {m: fn(arch) for m, fn in fns.items()}
+            return dict(memo[key])
+
+        return costs
+
+    def _plot_metric(self) -> str:
+        return "latency_ms" if any(c.metric == "latency_ms" for c in self.constraints) else "macs"
+
+    def _score_fn(self, trainer: Trainer, pl_module: LightningModule) -> Callable[[list[Arch]], list[float]]:
+        def score(archs: list[Arch]) -> list[float]:
+            keys = [arch_key(a) for a in archs]
+            todo = list({k: a for k, a in zip(keys, archs) if k not in self._cache}.items())
+            rank, world = trainer.global_rank, trainer.world_size
+            local = [self.score_arch(trainer, pl_module, a) for _, a in todo[rank::world]]
+            for (k, _), s in zip(todo, _gather(trainer, local, len(todo), pl_module.device)):
+                self._cache[k] = s
+            return [self._cache[k] for k in keys]
+
+        return score
+
+    def _search_data(self, trainer: Trainer, pl_module: LightningModule) -> _SearchData:
+        if self._data is None:
+            dm, minimal = trainer.datamodule, bool(trainer.fast_dev_run)
+            calib = getattr(dm, "calibration_dataloader", dm.train_dataloader)()
+            images = 1 if minimal else self.calib_images
+            with torch.random.fork_rng(devices=[]):  # a shuffled loader yields the same batches on every run
+                torch.manual_seed(self.seed)
+                inputs = collect_inputs(calib, images, pl_module.device, self.calib_batch_size)
+            val = collect_batches(dm.val_dataloader(), 1 if minimal else self.val_batches, pl_module.device)
+            convert = trainer.precision_plugin.convert_input  # e.g. bf16-true: inputs in the weights' dtype
+            self._data = _SearchData([convert(x) for x in inputs], [(convert(x), y) for x, y in val])
+        return self._data
+
+    @contextlib.contextmanager
+    def _preserved(self, pl_module: LightningModule) -> Iterator[None]:
+        """Give back the supernet as it was: trained buffers, active arch, train/eval modes."""
+        space: SearchSpace = pl_module.space  # type: ignore[attr-defined]
+        modes, previous = save_modes(pl_module), space.active_arch
+        self._buffers = save_buffers(space)
+        try:
+            yield
+        finally:
+            restore_buffers(space, self._buffers)
+            restore_modes(pl_module, modes)
+            if previous is not None:
+                space.activate(previous, validate=False)
+            self._buffers, self._data = {}, None
+
+    def _finish(self, trainer: Trainer, space: SearchSpace, out_dir: Path | None) -> None:
+        self.history = [r for run in self._runs for r in run.history]
+        self.best = {}
+        for run, c in zip(self._runs, self.constraints or [None]):
+            legal = [r for r in self.history if c is None or c.satisfied(r["costs"])]
+            if legal:
+                self.best[run.name] = top_k(legal, 1)[0]
+        if trainer.is_global_zero:
+            _report(self, trainer, space, out_dir)
+
+
+def _gather(trainer: Trainer, local: list[float], total: int, device: torch.device) -> list[float]:
+    """All ranks' scores in candidate order (rank r scored candidates r, r + W, ...)."""
+    world = trainer.world_size
+    if world == 1 or total == 0:
+        return local
+    width = -(-total // world)
+    padded = torch.full((width,), float("nan"), dtype=torch.float64, device=device)
+    padded[: len(local)] = torch.tensor(local, dtype=torch.float64)
+    # all_gather (not a CatMetric): the per-rank order must survive so every rank builds the same history
+    gathered = trainer.strategy.all_gather(padded).reshape(world, width).cpu()
+    return [float(gathered[i % world, i // world]) for i in range(total)]
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)  # atomic: a search killed while writing keeps the previous resume point
+
+
+def _report(search: EvolutionSearch, trainer: Trainer, space: SearchSpace, out_dir: Path | None) -> None:
+    """Files in ``out_dir`` (none under ``fast_dev_run``) and the same to the trainer's loggers."""
+    files: dict[str, Path] = {}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, rec in search.best.items():
+            path = out_dir / ("best_arch.json" if len(search._runs) == 1 else f"best_arch_{name}.json")
+            files[name] = save_arch(rec["arch"], path, space, score=rec["score"], costs=rec["costs"], constraint=name,
+                                    strategy=search.strategy)
+        with open(out_dir / "search_history.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in search.history)
+        (out_dir / "search_topk.md").write_text(_topk_markdown(search))
+        _pareto_plot(search, out_dir / "search_pareto.png")
+    _log(search, trainer, out_dir, files)
+
+
+def _topk_rows(search: EvolutionSearch) -> tuple[list[str], list[list[Any]]]:
+    metrics = sorted({m for r in search.history for m in r["costs"]})
+    rows = []
+    for run, c in zip(search._runs, search.constraints or [None]):
+        legal = [r for r in search.history if c is None or c.satisfied(r["costs"])]
+        for i, r in enumerate(top_k(legal, search.config.topk), 1):
+            rows.append([run.name, i, round(r["score"], 6), *[r["costs"].get(m) for m in metrics], r["generation"],
+                         json.dumps(r["arch"])])
+    return ["constraint", "rank", "score", *metrics, "generation", "arch"], rows
+
+
+def _topk_markdown(search: EvolutionSearch) -> str:
+    columns, rows = _topk_rows(search)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"`{v}`" if k == "arch" else f"{v:g}" if isinstance(v, float) else str(v)
+                                for k, v in zip(columns, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pareto_plot(search: EvolutionSearch, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metric = search._plot_metric()
+    fig = Figure(figsize=(6, 4.5))
+    FigureCanvasAgg(fig)  # no pyplot: the process's backend stays untouched
+    ax = fig.add_subplot()
+
+    def x_of(r: Record, i: int) -> float:
+        return r["costs"].get(metric, i)
+
+    for run in search._runs:
+        points = [(x_of(r, i), r["score"]) for i, r in enumerate(search.history) if r["constraint"] == run.name]
+        ax.scatter(*zip(*points) if points else ([], []), s=10, alpha=0.5, label=run.name)
+    front, best = [], -float("inf")
+    for x, y in sorted((x_of(r, i), r["score"]) for i, r in enumerate(search.history)):
+        if y > best:
+            front.append((x, y))
+            best = y
+    if front:
+        ax.step(*zip(*front), where="post", color="black", lw=1, label="Pareto front")
+    for name, r in search.best.items():
+        ax.scatter([x_of(r, search.history.index(r))], [r["score"]], marker="*", s=150, edgecolor="black",
+                   label=f"best {name}")
+    for c in search.constraints:
+        for bound in (c.min, c.max):
+            if bound is not None and c.metric == metric:
+                ax.axvline(bound, ls="--", color="grey", lw=1)
+    known = any(metric in r["costs"] for r in search.history)
+    ax.set_xlabel(metric if known else "candidate")
+    ax.set_ylabel("val accuracy (re-calibrated BN)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _log(search: EvolutionSearch, trainer: Trainer, out_dir: Path | None, files: dict[str, Path]) -> None:
+    single = len(search._runs) == 1
+    metrics: dict[str, float] = {"search/candidates": float(len(search.history))}
+    for name, r in search.best.items():
+        prefix = "search/" if single else f"search/{name}/"
+        metrics[f"{prefix}best_acc"] = r["score"]
+        metrics.update({f"{prefix}best_{m}": v for m, v in r["costs"].items()})
+    for logger in trainer.loggers:
+        if _is_live_wandb(logger):
+            _log_wandb(search, logger, out_dir, files)
+        logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _is_live_wandb(logger: Any) -> bool:
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return False
+    run = logger.experiment
+    return not getattr(run, "disabled", False) and type(run).__name__ != "RunDisabled"
+
+
+def _log_wandb(search: EvolutionSearch, logger: Any, out_dir: Path | None, files: dict[str, Path]) -> None:
+    import wandb
+
+    columns, rows = _topk_rows(search)
+    logger.log_table(key="search/topk", columns=columns, data=rows)
+    if out_dir is not None and (out_dir / "search_pareto.png").is_file():
+        logger.log_image(key="search/pareto", images=[str(out_dir / "search_pareto.png")])
+    for name, path in files.items():
+        artifact = wandb.Artifact(f"best_arch_{name}", type="arch", metadata=search.best[name]["costs"])
+        artifact.add_file(str(path))
+        logger.experiment.log_artifact(artifact)
