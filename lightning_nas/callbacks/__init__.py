@@ -1,6 +1,7 @@
 """Loop-level behaviour of the searches: each callback usable on its own and stateful."""
 
+from lightning_nas.callbacks.arch_logger import ArchLogger
 from lightning_nas.callbacks.evolution_search import EvolutionSearch
 from lightning_nas.callbacks.path_sampling import PathSampling
 
-__all__ = ["EvolutionSearch", "PathSampling"]
+__all__ = ["ArchLogger", "EvolutionSearch", "PathSampling"]

@@ -1,0 +1,448 @@
+"""``ProxylessModule``: ProxylessNAS, binary-gate (or REINFORCE) search of a supernet's op choices.
+
+Cai, Zhu, Han, "ProxylessNAS: Direct Neural Architecture Search on Target Task and Hardware", ICLR 2019,
+https://arxiv.org/abs/1812.00332 (official code: mit-han-lab/proxylessnas, ``search/``).
+
+Weights and arch logits ``α`` (one vector per op decision, ``α ~ N(0, 1e-3)``) train alternately with
+manual optimization: every training batch one weight step (SGD Nesterov) on one path — drawn uniformly
+during the warm-up epochs, from ``softmax(α)`` afterwards (``sample_path``, used by ``PathSampling``) —
+and after the warm-up every ``arch_update_every`` batches one arch step (Adam) on a batch of the
+held-out validation split. The arch gradient is the binary-gate estimate of
+:mod:`lightning_nas.strategies.binary_gates`, written as plain autograd so DDP synchronises it.
+At the end of fit the most probable arch is written to ``best_arch.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+from typing_extensions import override
+
+from lightning_nas.arch import Arch, save_arch
+from lightning_nas.callbacks.path_sampling import PathSampling, step_generator
+from lightning_nas.modules.optim import build_optimizer, split_decay
+from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.spaces.base import SearchSpace
+from lightning_nas.strategies.binary_gates import (
+    ZERO,
+    BinaryGates,
+    CandidateCosts,
+    choices_by_decision,
+    inactive_parameters,
+    latency_loss,
+    reinforce_rewards,
+    rescale_logits_,
+    sample_gates,
+    update_baseline,
+)
+
+ESTIMATORS = ("two_path", "full", "reinforce")
+
+
+class ProxylessSchedule:
+    """Official weight LR: cosine from ``warmup_lr`` over the warm-up, then cosine from ``lr`` to zero."""
+
+    def __init__(self, total: int, warmup: int, warmup_ratio: float) -> None:
+        self.total, self.warmup, self.warmup_ratio = max(1, total), warmup, warmup_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.warmup_ratio * 0.5 * (1 + math.cos(math.pi * step / self.warmup))
+        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+
+class ProxylessModule(LightningModule):
+    """Search a space of op choices with ProxylessNAS.
+
+    Args:
+        space: the supernet; every decision must belong to a ``LayerChoice`` (e.g. ``MobileNetSpace``).
+        lr: weight LR after the warm-up (official 0.025 at batch 256, cosine).
+        warmup_lr: weight LR at the start of the warm-up (official 0.05, cosine over the warm-up);
+            ``None``: one cosine from ``lr`` over the whole run.
+        momentum: SGD (Nesterov) momentum.
+        weight_decay: decay on weight tensors (not BatchNorm/bias, not ``α``).
+        label_smoothing: label smoothing of the weight steps' cross-entropy.
+        warmup_epochs: epochs of weight-only training on uniformly sampled paths (official 40).
+        arch_lr: Adam LR of ``α``.
+        arch_betas: Adam betas (official ``(0, 0.999)``: with β1 = 0 an unsampled ``α`` never moves).
+        arch_eps: Adam epsilon.
+        arch_init_std: standard deviation of the ``α`` initialisation.
+        arch_update_every: one arch step after every this many weight steps (official 5).
+        arch_estimator: ``"two_path"`` (official ``two``: two sampled candidates, rescaled after the
+            step), ``"full"`` (every candidate's gate gradient, official ``full_v2``) or ``"reinforce"``.
+        latency_table: a :class:`~lightning_nas.cost.LatencyTable` JSON for this space (ms).
+        latency_metric: or ``"macs"``: the expected cost from the MACs tables.
+        target_latency: the target ``T`` in the cost's unit (ms or MACs).
+        loss_type: ``"mul"``: ``latency_alpha · CE · (log E[LAT] / log T) ** latency_beta`` (official
+            default; ``latency_alpha`` only scales the loss), or ``"add"``:
+            ``CE + latency_lambda · (E[LAT] − T) / T``.
+        latency_alpha: scale of the ``mul`` loss (official 0.2).
+        latency_beta: exponent of the ``mul`` loss (official 0.3).
+        latency_lambda: weight of the ``add`` loss (official 0.1).
+        reinforce_samples: archs scored per REINFORCE step (official 10).
+        reward_exponent: REINFORCE reward ``acc × (T / LAT) ** reward_exponent`` (official 0.1).
+        baseline_decay: REINFORCE baseline ``b ← b + decay · (mean reward − b)`` (official 0.99).
+        seed: seed of the arch steps' samples and of the arch batches' order.
+        measure_latency: time the exported best arch on CPU at fit end.
+        latency_device: when ``latency_table`` names a missing file, measure the table on this device
+            (``"cpu"``, ``"cuda"``) at construction and save it there, so recipes run on any machine.
+        latency_batch_size: the batch size such a table is measured at.
+        target_fraction: instead of ``target_latency``, a target at this fraction of the space's cost range
+            (``lo + f · (hi − lo)``), which holds on whatever device measured the table.
+
+    Raises:
+        ValueError: an unknown estimator or loss, a latency table for another space, a cost model
+            without a target (or the reverse), or a target below the space's cheapest arch.
+    """
+
+    def __init__(
+        self, space: SearchSpace, lr: float = 0.025, warmup_lr: float | None = 0.05, momentum: float = 0.9,
+        weight_decay: float = 4e-5, label_smoothing: float = 0.1, warmup_epochs: int = 40, arch_lr: float = 1e-3,
+        arch_betas: tuple[float, float] = (0.0, 0.999), arch_eps: float = 1e-8, arch_init_std: float = 1e-3,
+        arch_update_every: int = 5, arch_estimator: str = "two_path", latency_table: str | None = None,
+        latency_metric: str | None = None, target_latency: float | None = None, loss_type: str = "mul",
+        latency_alpha: float = 0.2, latency_beta: float = 0.3, latency_lambda: float = 0.1,
+        reinforce_samples: int = 10, reward_exponent: float = 0.1, baseline_decay: float = 0.99, seed: int = 0,
+        measure_latency: bool = True, latency_device: str | None = None, latency_batch_size: int = 1,
+        target_fraction: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(space, SearchSpace):
+            raise TypeError(f"ProxylessModule needs a lightning_nas SearchSpace, got {type(space).__name__}")
+        if arch_estimator not in ESTIMATORS:
+            raise ValueError(f"arch_estimator must be one of {ESTIMATORS}, got {arch_estimator!r}")
+        if loss_type not in ("mul", "add") or arch_update_every < 1 or reinforce_samples < 1:
+            raise ValueError("ProxylessModule needs loss_type 'mul' or 'add', arch_update_every >= 1 and "
+                             f"reinforce_samples >= 1; got {loss_type!r}, {arch_update_every}, {reinforce_samples}")
+        self.save_hyperparameters(ignore=["space"])
+        self.automatic_optimization = False
+        self.space = space
+        self._choices = choices_by_decision(space)
+        self._decisions = space.decisions()
+        self._names = list(self._decisions)
+        self.arch_logits = nn.ParameterList(
+            [nn.Parameter(torch.randn(len(v)) * arch_init_std) for v in self._decisions.values()]
+        )
+        self.register_buffer("reinforce_baseline", torch.tensor(float("nan")))
+        self._latency_table: Any = None
+        self._costs = self._build_costs(latency_table, latency_metric, target_latency, loss_type)
+        if self._costs is not None:
+            self.hparams.target_latency = self._target
+        self._inactive_cache: dict[tuple[int, int], list[nn.Parameter]] = {}
+        self._own_sampling = True
+        self._arch_iter: Iterator[Any] | None = None
+        self._arch_loader: DataLoader | None = None
+        self._arch_epoch, self._arch_batches, self.arch_steps = -1, 0, 0
+        self._train_arch: Arch | None = None
+        self.best_arch_path: Path | None = None
+        self.last_samples: dict[str, Any] = {}  # the last arch step's GateSample per decision (for inspection)
+
+    def _load_or_measure(self, table_path: str) -> Any:
+        """The latency table at ``table_path``; measured on ``latency_device`` first when the file is missing."""
+        from lightning_nas.cost import LatencyTable
+
+        hp = self.hparams
+        if not Path(table_path).exists() and hp.latency_device is not None:
+            table = LatencyTable.build(self.space, hp.latency_batch_size, hp.latency_device)
+            if int(os.environ.get("RANK", "0")) == 0:  # every rank measures for itself; rank 0 keeps the file
+                table.save(table_path)
+            return table
+        return LatencyTable.load(table_path)
+
+    def _build_costs(self, table_path: str | None, metric: str | None, target: float | None,
+                     loss_type: str) -> CandidateCosts | None:
+        from lightning_nas.cost import cost_range
+
+        fraction = self.hparams.target_fraction
+        if table_path is None and metric is None:
+            if target is not None or fraction is not None:
+                raise ValueError("target_latency needs a cost model: give latency_table=<table.json> or "
+                                 "latency_metric='macs'")
+            return None
+        if table_path is not None:
+            self._latency_table = self._load_or_measure(table_path)
+            self._latency_table.check(self.space)
+            costs = CandidateCosts.from_latency_table(self._latency_table, self._decisions)
+            lo, hi = self._latency_table.range()
+        elif metric == "macs":
+            costs = CandidateCosts.from_macs(self.space, self._decisions)
+            lo, hi = cost_range(self.space, "macs")
+        else:
+            raise ValueError(f"latency_metric must be 'macs' (or give latency_table=<table.json>), got {metric!r}")
+        if fraction is not None:
+            if not 0.0 < fraction < 1.0:
+                raise ValueError(f"target_fraction must be in (0, 1) of the space's cost range, got {fraction}")
+            target = lo + fraction * (hi - lo)  # a target that fits whatever device measured the table
+        if target is None:
+            raise ValueError(f"a latency-aware search needs target_latency (this space spans {lo:.4g} to "
+                             f"{hi:.4g} {costs.unit})")
+        if target < lo:
+            raise ValueError(f"target_latency {target:.4g} {costs.unit} is below the space's fastest arch "
+                             f"({lo:.4g} {costs.unit}; slowest {hi:.4g}): pick a target inside that range")
+        if loss_type == "mul" and (target <= 1 or lo <= 1):
+            raise ValueError(f"loss_type='mul' uses log E[LAT] / log T, which needs costs above 1 {costs.unit}; the "
+                             f"space's range is {lo:.4g} to {hi:.4g}: use loss_type='add' or a larger unit")
+        self._target = target
+        return costs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.space(x)
+
+    # --- arch distribution ----------------------------------------------------------------
+    def _logits(self) -> dict[str, nn.Parameter]:
+        return dict(zip(self._names, self.arch_logits))
+
+    def arch_probabilities(self) -> dict[str, dict[Any, float]]:
+        """``{decision: {value: probability}}`` under ``softmax(α)``."""
+        out = {}
+        for name, alpha in self._logits().items():
+            probs = torch.softmax(alpha.detach().double().cpu(), 0).tolist()
+            out[name] = dict(zip(self._decisions[name], probs))
+        return out
+
+    def best_arch(self) -> Arch:
+        """The most probable arch: the argmax of ``α`` per decision."""
+        return {n: self._decisions[n][int(torch.argmax(a.detach()))] for n, a in self._logits().items()}
+
+    @property
+    def searching(self) -> bool:
+        """Whether the warm-up is over (paths from ``softmax(α)``, arch steps on)."""
+        return self.current_epoch >= self.hparams.warmup_epochs
+
+    def sample_path(self, generator: torch.Generator) -> Arch | None:
+        """A path drawn from ``softmax(α)`` with ``generator`` (same on every rank); ``None`` in the warm-up."""
+        if not self.searching:
+            return None  # PathSampling then draws a uniform path
+        out = {}
+        for name, alpha in self._logits().items():
+            probs = torch.softmax(alpha.detach().double().cpu(), 0)
+            out[name] = self._decisions[name][int(torch.multinomial(probs, 1, generator=generator))]
+        return out
+
+    # --- training -------------------------------------------------------------------------
+    @override
+    def on_fit_start(self) -> None:
+        self._own_sampling = not any(isinstance(cb, PathSampling) for cb in self.trainer.callbacks)
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not callable(getattr(datamodule, "val_dataloader", None)):
+            raise ValueError("ProxylessModule takes its arch batches from the held-out validation split: fit it "
+                             "with a LightningDataModule that has val_dataloader() (trainer.fit(model, datamodule=dm))")
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._own_sampling:  # without PathSampling the module draws its own path, seeded the same way
+            gen = step_generator(self.hparams.seed, self.trainer.fit_loop.total_batch_idx)
+            self.space.activate(self.sample_path(gen) or self.space.sample(gen), validate=False)
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        if self._arch_epoch != self.current_epoch:
+            self._arch_epoch, self._arch_batches, self._arch_iter = self.current_epoch, 0, None
+
+    @override
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        w_opt, _ = self.optimizers()
+        x, y = batch
+        logits = self.space(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        w_opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        for p in inactive_parameters(self.space, self._inactive_cache):
+            p.grad = None  # candidates that did not run get no momentum or weight-decay update
+        w_opt.step()
+        self.lr_schedulers().step()
+        acc = (logits.detach().argmax(1) == y).float().mean()
+        self.log_dict({"train/loss": loss.detach(), "train/acc": acc}, prog_bar=True, batch_size=len(y))
+        if self.searching and (batch_idx + 1) % self.hparams.arch_update_every == 0:
+            self._arch_step()
+
+    def _arch_step(self) -> None:
+        previous = self.space.active_arch
+        x, y = self._next_arch_batch()
+        gen = step_generator(self.hparams.seed + 1, self.trainer.fit_loop.total_batch_idx)
+        optimizer = self.optimizers()[1].optimizer
+        optimizer.zero_grad(set_to_none=True)
+        samples: dict[str, Any] = {}
+        if self.hparams.arch_estimator == "reinforce":
+            loss, logs = self._reinforce_loss(x, y, gen)
+        else:
+            loss, logs, samples = self._gate_loss(x, y, gen)
+        self.manual_backward(loss)
+        for p in self.space.parameters():
+            p.grad = None  # an arch step never updates weights
+        logits = self._logits()
+        skipped = {n for n, s in samples.items() if self._decisions[n][s.active] == ZERO}
+        for name in skipped:
+            logits[name].grad = None  # official: a sampled zero op gives its α no update
+        old = {n: logits[n].detach()[list(s.involved)].clone() for n, s in samples.items()}
+        # through the strategy, not LightningOptimizer.step: global_step keeps counting weight steps only
+        self.trainer.strategy.optimizer_step(optimizer, closure=_no_closure, model=self)
+        if self.hparams.arch_estimator == "two_path":
+            for name, sample in samples.items():
+                if name not in skipped and len(sample.involved) > 1:
+                    rescale_logits_(logits[name], sample.involved, old[name])
+        self.arch_steps += 1
+        self.last_samples = samples
+        if previous is not None:
+            self.space.activate(previous, validate=False)
+        self.log_dict({"arch/loss": loss.detach(), **logs}, batch_size=len(y))
+
+    def _gate_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Any], dict]:
+        logits = self._logits()
+        mode = self.hparams.arch_estimator
+        samples = {n: sample_gates(torch.softmax(a.detach(), 0), mode, gen) for n, a in logits.items()}
+        with BinaryGates(self._choices, logits, samples):
+            ce = F.cross_entropy(self.space(x), y)
+        logs: dict[str, Any] = {"arch/ce": ce.detach()}
+        if self._costs is None:
+            return ce, logs, samples
+        probs = {}
+        for name, sample in samples.items():
+            index = list(sample.involved)  # two-path: renormalised over the pair, as the official code
+            probs[name] = (torch.softmax(logits[name][index], 0), index)
+        expected = self._costs.expected(probs)
+        hp = self.hparams
+        loss = latency_loss(ce, expected, hp.target_latency, hp.loss_type, hp.latency_alpha, hp.latency_beta,
+                            hp.latency_lambda)
+        logs["arch/expected_cost"] = expected.detach()
+        return loss, logs, samples
+
+    def _reinforce_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        hp = self.hparams
+        probs = [torch.softmax(a, 0) for a in self.arch_logits]
+        correct, log_probs, costs = [], [], []
+        for _ in range(hp.reinforce_samples):
+            index = [int(torch.multinomial(p.detach().double().cpu(), 1, generator=gen)) for p in probs]
+            arch = {n: self._decisions[n][i] for n, i in zip(self._names, index)}
+            self.space.activate(arch, validate=False)
+            with torch.no_grad():
+                correct.append((self.space(x).argmax(1) == y).sum().float())
+            log_probs.append(torch.stack([torch.log(p[i]) for p, i in zip(probs, index)]).sum())
+            if self._costs is not None:
+                costs.append(self._costs.of(arch, self._decisions))
+        counts = torch.stack(correct)
+        total = torch.tensor(float(len(y)), device=counts.device)
+        # each rank scores its own shard of the arch batch: summing makes the rewards identical on all ranks
+        reduce = self.trainer.strategy.reduce
+        acc = reduce(counts, reduce_op="sum") / reduce(total, reduce_op="sum")
+        cost = torch.tensor(costs, device=acc.device) if costs else None
+        rewards = reinforce_rewards(acc, cost, hp.target_latency, hp.reward_exponent)
+        baseline = update_baseline(float(self.reinforce_baseline), float(rewards.mean()), hp.baseline_decay)
+        self.reinforce_baseline.fill_(baseline)
+        loss = -((rewards - baseline).detach() * torch.stack(log_probs)).mean()
+        return loss, {"arch/reward": rewards.mean(), "arch/baseline": baseline}
+
+    # --- arch batches: an infinite, resumable iterator over the validation split ------------
+    def _build_arch_loader(self) -> DataLoader:
+        loader = self.trainer.datamodule.val_dataloader()
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+        if getattr(loader, "batch_size", None) is None:
+            return loader  # a custom batch sampler: used as given
+        # each rank its own shuffled shard, the order a function of (seed, epoch, pass)
+        sampler = DistributedSampler(loader.dataset, num_replicas=self.trainer.world_size,
+                                     rank=self.trainer.global_rank, shuffle=True, seed=self.hparams.seed)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+    def _next_arch_batch(self) -> Any:
+        if self._arch_loader is None:
+            self._arch_loader = self._build_arch_loader()
+        if self._arch_iter is None:
+            n = max(1, len(self._arch_loader))
+            passes, skip = divmod(self._arch_batches, n)
+            if isinstance(self._arch_loader.sampler, DistributedSampler):
+                self._arch_loader.sampler.set_epoch(self.current_epoch * 10_007 + passes)
+            self._arch_iter = iter(self._arch_loader)
+            for _ in range(skip):  # resumed mid-epoch: skip what the interrupted run consumed
+                next(self._arch_iter)
+        try:
+            batch = next(self._arch_iter)
+        except StopIteration:
+            self._arch_iter = None
+            return self._next_arch_batch()
+        self._arch_batches += 1
+        return self.transfer_batch_to_device(batch, self.device, 0)
+
+    # --- validation on the most probable arch ---------------------------------------------
+    @override
+    def on_validation_start(self) -> None:
+        self._train_arch = self.space.active_arch
+        self.space.activate(self.best_arch(), validate=False)
+
+    @override
+    def on_validation_end(self) -> None:
+        if self._train_arch is not None:
+            self.space.activate(self._train_arch, validate=False)
+
+    @override
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.space(x)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, batch_size=len(y), sync_dist=True)
+
+    # --- optimisation ---------------------------------------------------------------------
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        weights = build_optimizer(split_decay(self.space, hp.weight_decay), "sgd", hp.lr, hp.momentum, nesterov=True)
+        arch = torch.optim.Adam(self.arch_logits.parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas),
+                                eps=hp.arch_eps, weight_decay=0.0)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warm = int(min(hp.warmup_epochs, epochs) * total / epochs) if hp.warmup_lr is not None else 0
+        ratio = hp.warmup_lr / hp.lr if hp.warmup_lr is not None else 1.0
+        schedule = torch.optim.lr_scheduler.LambdaLR(weights, ProxylessSchedule(total, warm, ratio))
+        return [weights, arch], [{"scheduler": schedule, "interval": "step"}]
+
+    # --- fit end --------------------------------------------------------------------------
+    @override
+    def on_fit_end(self) -> None:
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is a collective: all ranks
+        if not self.trainer.is_global_zero:
+            return
+        from lightning_nas.cost import macs, measure_ms
+
+        arch = self.best_arch()
+        meta: dict[str, Any] = {"macs": macs(self.space, arch), "probabilities": self.arch_probabilities()}
+        if self._latency_table is not None:
+            meta["predicted_latency_ms"] = self._latency_table.predict(arch)
+        if self.hparams.measure_latency:
+            batch = int((self._latency_table.meta if self._latency_table else {}).get("batch_size", 1))
+            net = self.space.export(arch).cpu().eval()
+            x = torch.randn(batch, self.space.in_channels, self.space.input_size, self.space.input_size)
+            meta["measured_latency_ms"] = measure_ms(lambda: net(x), "cpu")
+        self.best_arch_path = save_arch(arch, folder / "best_arch.json", self.space, **meta)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
+        checkpoint["proxyless"] = {"arch_epoch": self._arch_epoch, "arch_batches": self._arch_batches,
+                                   "arch_steps": self.arch_steps}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_space_checkpoint(self.space, checkpoint)
+        state = checkpoint.get("proxyless", {})
+        self._arch_epoch = int(state.get("arch_epoch", -1))
+        self._arch_batches = int(state.get("arch_batches", 0))
+        self.arch_steps = int(state.get("arch_steps", 0))
+        self._arch_iter = None
+
+
+def _no_closure() -> None:
+    return None
+
+
+__all__ = ["ProxylessModule", "ProxylessSchedule"]
