@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -341,6 +341,25 @@ def _report(search: EvolutionSearch, trainer: Trainer, space: SearchSpace, out_d
         (out_dir / "search_topk.md").write_text(_topk_markdown(search))
         _pareto_plot(search, out_dir / "search_pareto.png")
     _log(search, trainer, out_dir, files)
+    for line in summary_lines(search):
+        rank_zero_info(line)
+
+
+def summary_lines(search: EvolutionSearch) -> list[str]:
+    """Per constraint: the best arch's score next to the median score of the random archs of generation 0."""
+    lines = []
+    for run in search._runs:
+        best = search.best.get(run.name)
+        if best is None:
+            lines.append(f"EvolutionSearch [{run.name}]: no arch met the constraint")
+            continue
+        random_scores = sorted(r["score"] for r in run.history if r["generation"] == 0)
+        median = random_scores[len(random_scores) // 2] if random_scores else float("nan")
+        costs = ", ".join(f"{k}={v:.4g}" for k, v in best["costs"].items())
+        lines.append(f"EvolutionSearch [{run.name}]: best arch scores {best['score']:.4f} ({costs}); median of the "
+                     f"{len(random_scores)} random archs of generation 0: {median:.4f}")
+        lines.append(f"  best arch: {json.dumps(best['arch'])}")
+    return lines
 
 
 def _topk_rows(search: EvolutionSearch) -> tuple[list[str], list[list[Any]]]:
