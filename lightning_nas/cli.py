@@ -139,3 +139,7 @@ def main() -> None:
 
 
 __all__ = ["LightningNASCLI", "NASTrainer", "cli_main", "main", "space_from_config"]
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,28 @@ EXTRA: dict[str, list[str]] = {
                                             "--model.init_args.latency_metric=macs"],
     "recipes/proxyless/imagenet_gpu.yaml": ["--model.init_args.latency_table=null",
                                             "--model.init_args.latency_metric=macs"],
+    # HAQ quantizes a trained network; the smoke fit allows an untrained one instead of a checkpoint file
+    "recipes/haq/cifar10.yaml": ["--model.init_args.checkpoint=null", "--model.init_args.network=resnet18",
+                                 "--model.init_args.allow_untrained=true"],
+    "recipes/haq/cifar10_resnet18.yaml": ["--model.init_args.weights=null", "--model.init_args.allow_untrained=true"],
+    "recipes/haq/imagenet.yaml": ["--model.init_args.weights=null", "--model.init_args.allow_untrained=true",
+                                  "--model.init_args.compare=false"],
+    "recipes/nasrl/ptb_rnn.yaml": ["--data.init_args.data_dir=null"],
+    # K archs per step run one after another: two are enough to exercise the estimator
+    "recipes/parsec/cifar10.yaml": ["--model.init_args.K=2"],
+    "recipes/parsec/cifar10_transfer20.yaml": ["--model.init_args.K=2"],
+    "recipes/parsec/imagenet_transfer.yaml": ["--model.init_args.K=2"],
+}
+
+
+def _untrained_quantized(config: dict[str, Any]) -> None:
+    # the fine-tuning recipe quantizes a trained checkpoint with a found policy; here: an untrained net at 8 bits
+    config["model"]["init_args"]["model"]["init_args"] = {"network": "resnet18", "allow_untrained": True, "bits": 8}
+
+
+# Edits to the recipe's YAML itself, where nested `null` overrides cannot be given on the command line.
+EDITS: dict[str, Any] = {
+    "recipes/haq/finetune_cifar10.yaml": _untrained_quantized,
 }
 
 
@@ -58,11 +80,17 @@ def _data_args(config: dict[str, Any], roots: dict[str, Path]) -> list[str]:
 def _model_args(config: dict[str, Any], tmp_path: Path) -> list[str]:
     init = config.get("model", {}).get("init_args", {}) or {}
     args = []
-    if init.get("latency_device") not in (None, "cpu"):
-        args.append("--model.init_args.latency_device=cpu")
+    if init.get("latency_device") not in (None, "cpu"):  # a GPU table, measured on this CPU at batch 1 instead
+        args += ["--model.init_args.latency_device=cpu", "--model.init_args.latency_batch_size=1"]
     arch = init.get("arch")
     if isinstance(arch, str) and arch.endswith(".json"):  # retraining: an arch found by a search
         args.append(f"--model.init_args.arch={_sample_arch_file(config, tmp_path)}")
+    if init.get("prior_init"):  # transfer: the prior.json an earlier search wrote
+        from lightning_nas.modules.parsec import save_prior
+
+        space = _space(config)
+        decisions = space.decisions()
+        save_prior(tmp_path / init["prior_init"], space, decisions, [torch.zeros(len(v)) for v in decisions.values()])
     return args
 
 
@@ -73,13 +101,17 @@ def _import(class_path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _space(config: dict[str, Any]) -> Any:
+    data_cls = _import(config["data"]["class_path"])
+    space_cfg = config["model"]["init_args"]["space"]
+    return _import(space_cfg["class_path"])(**(space_cfg.get("init_args") or {}), num_classes=data_cls.num_classes,
+                                            input_size=data_cls.input_size)
+
+
 def _sample_arch_file(config: dict[str, Any], tmp_path: Path) -> Path:
     from lightning_nas.arch import save_arch
 
-    data_cls = _import(config["data"]["class_path"])
-    space_cfg = config["model"]["init_args"]["space"]
-    space = _import(space_cfg["class_path"])(**(space_cfg.get("init_args") or {}), num_classes=data_cls.num_classes,
-                                             input_size=data_cls.input_size)
+    space = _space(config)
     return save_arch(space.sample(torch.Generator().manual_seed(0)), tmp_path / "arch.json", space)
 
 
@@ -88,7 +120,12 @@ def test_recipe_fits_two_steps(recipe: str, fake_roots: dict[str, Path], tmp_pat
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # relative output paths of the recipe land in the temporary folder
     config = yaml.safe_load((ROOT / recipe).read_text())
-    args = ["fit", "--config", str(ROOT / recipe), "--trainer.fast_dev_run=2", "--trainer.accelerator=cpu",
+    path = ROOT / recipe
+    if recipe in EDITS:
+        EDITS[recipe](config)
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(config))
+    args = ["fit", "--config", str(path), "--trainer.fast_dev_run=2", "--trainer.accelerator=cpu",
             "--trainer.devices=1", "--trainer.strategy=auto", f"--trainer.default_root_dir={tmp_path}",
             *_data_args(config, fake_roots), *_model_args(config, tmp_path), *EXTRA.get(recipe, [])]
     cli = cli_main(args)

@@ -1,7 +1,18 @@
 """Cost model: MACs, params, BitOps from lookup tables, latency from measured tables."""
 
+from lightning_nas.cost.hardware import (
+    BitFlexibleAccelerator,
+    BitOps,
+    BitSerialAccelerator,
+    HardwareModel,
+    LayerProfile,
+    ModelSize,
+    fit_budget,
+    profile_layers,
+)
 from lightning_nas.cost.latency import LatencyTable, measure_ms
 from lightning_nas.cost.tables import CostTable, bitops, cost_of, cost_range, cost_table, count_macs, macs, params
 
-__all__ = ["CostTable", "LatencyTable", "bitops", "cost_of", "cost_range", "cost_table", "count_macs", "macs",
+__all__ = ["BitFlexibleAccelerator", "BitOps", "BitSerialAccelerator", "CostTable", "HardwareModel", "LatencyTable",
+           "LayerProfile", "ModelSize", "fit_budget", "profile_layers", "bitops", "cost_of", "cost_range", "cost_table", "count_macs", "macs",
            "measure_ms", "params"]

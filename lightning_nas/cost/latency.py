@@ -178,11 +178,51 @@ def _unit_input_shapes(space: Any, table: Any, batch_size: int) -> list[torch.Si
     return [shapes[id(u)] for _, u, _ in table.units]
 
 
+def _fixed_parts(space: Any, table: Any) -> list[nn.Module] | None:
+    """The modules outside the units (stem, head, fixed blocks), or ``None`` for a space with its own forward."""
+    from lightning_nas.spaces.base import SearchSpace
+
+    if type(space).forward is not SearchSpace.forward:
+        return None
+    unit_ids = {id(u) for _, u, _ in table.units}
+    parts: list[nn.Module] = [space.stem]
+
+    def walk(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.Sequential) and id(child) not in unit_ids:
+                walk(child)
+            elif id(child) not in unit_ids:
+                parts.append(child)
+
+    walk(space.features)
+    return [*parts, space.head]
+
+
 def _fixed_ms(space: Any, table: Any, units: list[dict[str, Any]], batch_size: int, device: torch.device,
               warmup: int, repeats: int) -> float:
-    """Latency outside the units: the whole exported network minus its units, median over a few archs."""
-    gen = torch.Generator().manual_seed(1)
+    """Latency outside the units: the stem, head and fixed blocks timed directly, each as its exported module.
+
+    A space with its own forward falls back to the whole exported network minus its units (median of 3 archs).
+    """
     x = torch.randn(batch_size, space.in_channels, space.input_size, space.input_size, device=device)
+    parts = _fixed_parts(space, table)
+    if parts is not None:
+        shapes: dict[int, torch.Size] = {}
+        hooks = [p.register_forward_pre_hook(lambda m, a: shapes.__setitem__(id(m), a[0].shape)) for p in parts]
+        try:
+            space.activate(_base(space), validate=False)
+            with torch.no_grad():
+                space.to(device).eval()(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        total = 0.0
+        for part in parts:
+            frozen = freeze_module(part).to(device).eval()
+            inp = torch.randn(shapes[id(part)], device=device)
+            total += measure_ms(lambda: frozen(inp), device, warmup, repeats)
+        return total
+    gen = torch.Generator().manual_seed(1)
     rests = []
     for _ in range(3):
         arch = space.sample(gen)

@@ -8,6 +8,7 @@ from lightning_nas.datamodules.base import DataRootError, VisionDataModule
 from lightning_nas.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_nas.datamodules.digits import DigitsDataModule
 from lightning_nas.datamodules.imagenet import ImageNetDataModule
+from lightning_nas.datamodules.text import TextDataModule
 from lightning_nas.datamodules.tinyimagenet import TinyImageNetDataModule
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DataRootError",
     "DigitsDataModule",
     "ImageNetDataModule",
+    "TextDataModule",
     "TinyImageNetDataModule",
     "VisionDataModule",
 ]

@@ -1,0 +1,69 @@
+"""Run the benchmark suite: ``python -m benchmarks [--quick] [--only NAME ...] [--report]``.
+
+Each benchmark module (``benchmarks/<name>.py``; helpers are ``common``, ``report`` and ``_*``) runs as
+``python -m benchmarks.<name> [--quick]`` in its own process and prints one JSON object on its last
+stdout line; it is saved to ``benchmarks/results/<name>.json``, then ``BENCHMARKS.md`` is rewritten from
+every JSON file there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.report import render
+
+HERE = Path(__file__).resolve().parent
+HELPERS = {"__init__", "__main__", "common", "report"}
+
+
+def discover() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in HELPERS and not p.stem.startswith("_"))
+
+
+def run_one(name: str, extra: list[str]) -> dict | None:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra], cwd=HERE.parent,
+                          capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        doc = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    except json.JSONDecodeError:
+        doc = None
+    took = time.perf_counter() - start
+    if doc is None:
+        print(f"{name}: FAILED (exit {proc.returncode}, {took:.0f} s)\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    print(f"{name}: done in {took:.0f} s", file=sys.stderr)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = discover()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small settings: the whole suite in < 5 min")
+    parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"a subset of {names}")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="only rewrite BENCHMARKS.md from the saved JSON")
+    args = parser.parse_args(argv)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    failed = []
+    if not args.report:
+        extra = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)]
+        for name in args.only or names:
+            doc = run_one(name, extra)
+            if doc is None:
+                failed.append(name)
+            else:
+                (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {render(results, HERE.parent / 'BENCHMARKS.md')}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Controllers that emit architectures: NAS-RL's LSTM, HAQ's DDPG agent, InstaNAS's policy network."""
+
+from lightning_nas.controllers.ddpg import DDPG
+from lightning_nas.controllers.instanas_policy import InstaNASPolicy
+from lightning_nas.controllers.lstm import Anchor, ControllerSample, LSTMController, Token, program_from_decisions
+
+__all__ = ["DDPG", "Anchor", "ControllerSample", "InstaNASPolicy", "LSTMController", "Token", "program_from_decisions"]

@@ -1,0 +1,554 @@
+"""``HAQModule``: hardware-aware automated mixed-precision quantization of a trained network.
+
+Wang, Liu, Lin, Lin, Han, "HAQ: Hardware-Aware Automated Quantization with Mixed Precision", CVPR 2019,
+https://arxiv.org/abs/1811.08886 (official code: mit-han-lab/haq).
+
+Every conv and linear layer of a trained network becomes a fake-quantized layer. A :class:`DDPG` agent
+walks the layers first → last, choosing weight bits then activation bits for each (a continuous action
+``a ∈ [0, 1]`` → ``round(b_min − 0.5 + a·(b_max − b_min + 1))``); the policy is then pushed under the
+hardware budget (:func:`~lightning_nas.cost.hardware.fit_budget`), the network is quantized with it,
+activation ranges are calibrated on fixed training batches, optionally fine-tuned for a few batches, and
+scored on the held-out validation split. Reward ``0.1 × (acc_quant − acc_float)`` (accuracies in %) for
+every transition of the episode. The float weights are restored after every episode.
+
+Lightning design: the trainer's training loop is the episode clock. Each training step runs one whole
+episode (the batch it is given is not used: episodes score every policy on the *same* cached
+calibration and validation batches, so rewards compare policies, not batches); the agent's own Adam
+optimizers and the per-episode SGD fine-tune are not Lightning's (manual optimization, no
+``configure_optimizers``), and the global step is advanced once per episode so ``max_steps``,
+``ModelCheckpoint(every_n_train_steps=...)`` and loggers count episodes. Training stops after
+``episodes`` episodes. Checkpoints carry the agent (networks, targets, optimizers, replay buffer, RNG),
+the episode counter and the best policy, so a resumed run continues the search. Single device only:
+episodes are sequential, so DDP would only repeat them (a clear error says so).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_nas.arch import ArchError
+from lightning_nas.controllers.ddpg import DDPG
+from lightning_nas.cost.hardware import (BitSerialAccelerator, HardwareModel, LayerProfile, cost_lookup, fit_budget,
+                                         policy_cost, profile_layers)
+from lightning_nas.nn.quantize import FLOAT_BITS, QuantConv2d, QuantLinear
+
+__all__ = ["HAQModule", "QuantizedNetwork", "action_to_bits", "apply_policy", "layer_states", "load_network",
+           "load_policy", "quantize_network", "rollout"]
+
+POLICY_FORMAT = 1
+Batch = tuple[Tensor, Tensor]
+
+
+def action_to_bits(action: float, min_bits: int = 2, max_bits: int = 8) -> int:
+    """HAQ's action → bit-width: ``round(b_min − 0.5 + a·(b_max − b_min + 1))``, clipped to ``[b_min, b_max]``.
+
+    Every bit-width gets an equal share of ``[0, 1]``.
+    """
+    bits = round(min_bits - 0.5 + float(action) * (max_bits - min_bits + 1))
+    return int(min(max(bits, min_bits), max_bits))
+
+
+# --- the network -------------------------------------------------------------------------------------
+def _read(path: str, what: str, how: str) -> Any:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist. {how}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _from_checkpoint(path: str) -> nn.Module:
+    from lightning_nas.modules.classification import ClassificationModule
+
+    ckpt = _read(path, "HAQ input checkpoint", "Train the network first, e.g. `lightning-nas fit --config "
+                 "recipes/<...>.yaml` with a ModelCheckpoint(save_last=true) (it writes .../last.ckpt), or give "
+                 "`network` + `weights` instead of `checkpoint`.")
+    hparams = dict(ckpt.get("hyper_parameters", {}))
+    if not any(hparams.get(k) for k in ("network", "arch")):
+        raise ValueError(f"checkpoint {path!r} does not record how to rebuild its network (a ClassificationModule "
+                         "trained with `network:` or a published `arch:` name); give `network` + `weights` instead.")
+    module = ClassificationModule(**{**hparams, "init": "inherit"} if hparams.get("arch") else hparams)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.net
+
+
+def load_network(checkpoint: str | None = None, network: str | None = None, weights: str | None = None,
+                 num_classes: int = 10, allow_untrained: bool = False, model: nn.Module | None = None) -> nn.Module:
+    """The trained float network: ``model`` itself, a ClassificationModule checkpoint, or a torchvision model + a
+    local weights file.
+
+    Raises:
+        FileNotFoundError: naming a missing checkpoint/weights file and how to produce it.
+        ValueError: when neither or both sources are given, or no weights without ``allow_untrained``.
+    """
+    given = [k for k, v in (("model", model), ("checkpoint", checkpoint), ("network", network)) if v is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of `model` (an nn.Module), `checkpoint` (a ClassificationModule .ckpt) or "
+                         f"`network` (a torchvision model name, with `weights`) to quantize (got {given or 'none'})")
+    if model is not None:
+        return model
+    if checkpoint is not None:
+        return _from_checkpoint(checkpoint)
+    import torchvision
+
+    net = torchvision.models.get_model(str(network), num_classes=num_classes)
+    if weights is None:
+        if not allow_untrained:
+            raise ValueError(f"`weights` is missing for network {network!r}: HAQ quantizes a *trained* network. Give a "
+                             "local state-dict file, or set `allow_untrained: true` to search a random network "
+                             "(smoke tests only).")
+        return net
+    state = _read(weights, "weights file", f"Save one, e.g. `python -c \"import torch, torchvision; torch.save("
+                  f"torchvision.models.get_model('{network}', weights='DEFAULT').state_dict(), '{weights}')\"` "
+                  "(ImageNet classes), or pass a ClassificationModule checkpoint as `checkpoint`.")
+    if "state_dict" in state:  # a Lightning checkpoint of a ClassificationModule
+        state = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    return net
+
+
+def quantize_network(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` with every ``Conv2d``/``Linear`` replaced by a (float, 32-bit) quantized layer."""
+    net = copy.deepcopy(net)
+    for name, module in list(net.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, (QuantConv2d, QuantLinear)):
+                continue
+            if isinstance(child, nn.Conv2d):
+                setattr(module, child_name, QuantConv2d.from_conv(child))
+            elif isinstance(child, nn.Linear):
+                setattr(module, child_name, QuantLinear.from_linear(child))
+    return net
+
+
+def quant_layers(net: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
+    return {n: m for n, m in net.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+
+
+def apply_policy(net: nn.Module, policy: Mapping[str, Any]) -> nn.Module:
+    """Set each quantized layer's bits (and, when given, ``act_max``/``act_signed``) from ``policy``.
+
+    ``policy`` maps layer name → ``{"wbits", "abits", ["act_max", "act_signed"]}`` or ``(wbits, abits)``.
+
+    Raises:
+        ArchError: naming an unknown or missing layer.
+    """
+    layers = quant_layers(net)
+    unknown, missing = sorted(set(policy) - set(layers)), sorted(set(layers) - set(policy))
+    if unknown or missing:
+        raise ArchError(f"policy does not fit the network: unknown layers {unknown[:5]}, missing layers {missing[:5]} "
+                        f"(the network has {len(layers)} quantized layers). Was it searched on another network?")
+    for name, spec in policy.items():
+        layer = layers[name]
+        if isinstance(spec, Mapping):
+            layer.wbits, layer.abits = int(spec["wbits"]), int(spec["abits"])
+            if "act_max" in spec:
+                layer.act_max.fill_(float(spec["act_max"]))
+            layer.act_signed = bool(spec.get("act_signed", layer.act_signed))
+        else:
+            layer.wbits, layer.abits = (int(b) for b in spec)
+    return net
+
+
+def load_policy(path: str) -> dict[str, Any]:
+    """A ``best_policy.json`` written by :class:`HAQModule`.
+
+    Raises:
+        FileNotFoundError: naming the file and the search that writes it.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"HAQ policy {str(path)!r} does not exist: run the search first, e.g. `lightning-nas "
+                                "fit --config recipes/haq/cifar10.yaml` (it writes best_policy.json at fit end).")
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != POLICY_FORMAT or "layers" not in doc:
+        raise ArchError(f"{path!r} is not a HAQ policy file (format {POLICY_FORMAT} with a `layers` mapping)")
+    return doc
+
+
+class QuantizedNetwork(nn.Module):
+    """A trained network with a mixed-precision policy applied: what the fine-tuning recipe trains.
+
+    Args:
+        policy: a ``best_policy.json`` (``None``: every layer at ``bits``).
+        checkpoint: as :class:`HAQModule`.
+        network: as :class:`HAQModule`.
+        weights: as :class:`HAQModule`.
+        num_classes: linked from the datamodule.
+        allow_untrained: as :class:`HAQModule`.
+        bits: uniform weight and activation bits when no ``policy`` is given (fixed-precision baselines).
+        model: or the trained network itself (Python use).
+    """
+
+    def __init__(self, policy: str | None = None, checkpoint: str | None = None, network: str | None = None,
+                 weights: str | None = None, num_classes: int = 10, allow_untrained: bool = False,
+                 bits: int | None = None, model: nn.Module | None = None) -> None:
+        super().__init__()
+        if policy is None and bits is None:
+            raise ValueError("QuantizedNetwork needs a `policy` (best_policy.json from HAQ) or uniform `bits`")
+        doc = load_policy(policy) if policy is not None else None
+        self.net = quantize_network(load_network(checkpoint, network, weights, num_classes, allow_untrained, model))
+        if doc is not None:
+            apply_policy(self.net, doc["layers"])
+        else:  # unknown input signs without a profile: signed is always correct, at one bit of resolution
+            uniform = {"wbits": bits, "abits": bits, "act_signed": True}
+            apply_policy(self.net, {n: uniform for n in quant_layers(self.net)})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+# --- the agent's view ---------------------------------------------------------------------------------
+def layer_states(layers: Sequence[LayerProfile]) -> Tensor:
+    """The static state of each layer: index, c_in, c_out, stride, kernel, depthwise, #weights, h×w.
+
+    Each column is min–max normalised across layers to ``[0, 1]`` (a constant column becomes 0).
+    """
+    rows = [[i, p.in_channels, p.out_channels, p.stride, p.kernel_size, float(p.depthwise), p.n_weights, p.in_hw]
+            for i, p in enumerate(layers)]
+    x = torch.tensor(rows, dtype=torch.float64)
+    lo, hi = x.min(0).values, x.max(0).values
+    return ((x - lo) / (hi - lo).clamp_min(1e-12)).float()
+
+
+def rollout(agent: DDPG, static: Tensor, episode: int, min_bits: int = 2, max_bits: int = 8,
+            explore: bool = True) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+    """Let ``agent`` choose weight then activation bits for each layer, first → last.
+
+    The state is the layer's static features, the previous action (bits / max bits; 1 at the start) and a
+    flag (1 for the weight action, 0 for the activation action): 10 features.
+
+    Returns:
+        ``(states [2L, 10], actions [2L, 1], policy)``, the policy before the budget walk.
+    """
+    states, actions, policy = [], [], []
+    prev = 1.0
+    for row in static:
+        bits = []
+        for flag in (1.0, 0.0):
+            state = torch.cat([row, torch.tensor([prev, flag])])
+            action = agent.act(state, episode, explore)
+            bits.append(action_to_bits(float(action[0]), min_bits, max_bits))
+            states.append(state)
+            actions.append(action)
+            prev = bits[-1] / max_bits
+        policy.append((bits[0], bits[1]))
+    return torch.stack(states), torch.stack(actions), policy
+
+
+# --- evaluation of one policy --------------------------------------------------------------------------
+def _calibrate(net: nn.Module, batches: Iterable[Batch], device: torch.device) -> None:
+    """Fresh activation ranges: act_max EMA from train-mode forwards of the quantized layers only (BN untouched)."""
+    net.eval()
+    for layer in quant_layers(net).values():
+        layer.act_max.zero_()
+        layer.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            net(x.to(device))
+    net.eval()
+
+
+def _finetune(net: nn.Module, batches: Iterable[Batch], lr: float, device: torch.device) -> None:
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    net.train()
+    with torch.enable_grad():
+        for x, y in batches:
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    net.eval()
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, batches: Iterable[Batch], device: torch.device) -> float:
+    net.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((net(x.to(device)).argmax(1) == y.to(device)).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+# --- the search ------------------------------------------------------------------------------------------
+class HAQModule(LightningModule):
+    """Search a mixed-precision policy for a trained network under a hardware budget (HAQ).
+
+    Args:
+        model: a trained network to quantize (Python use and tests), or
+        checkpoint: a ClassificationModule checkpoint to quantize (``torch.load(weights_only=True)``).
+        network: or a torchvision model name, with ``weights``.
+        weights: a local state-dict file for ``network``.
+        allow_untrained: allow ``network`` without ``weights`` (a random network: smoke tests only).
+        num_classes: linked from the datamodule.
+        input_size: linked from the datamodule (informational: shapes come from a real batch).
+        hardware: the cost model (default: :class:`BitSerialAccelerator` ``edge`` latency).
+        budget_ratio: budget as a fraction of the all-``max_bits`` cost.
+        min_bits: lowest bit-width.
+        max_bits: highest bit-width.
+        episodes: episodes to run (official: 600).
+        warmup: episodes of random actions (official: 20).
+        calib_batches: training batches that calibrate the activation ranges of each policy.
+        finetune_batches: SGD steps (lr ``finetune_lr``, momentum 0.9) per episode; 0 = no fine-tune.
+        finetune_lr: fine-tune learning rate (official: 1e-3).
+        val_batches: held-out batches each policy is scored on (``None``: the whole validation split).
+        cache_batches: keep the calibration/validation batches in memory instead of reloading them.
+        reward_scale: λ of the reward ``λ · (acc_quant − acc_float)`` in % (official: 0.1).
+        actor_lr: DDPG actor learning rate.
+        critic_lr: DDPG critic learning rate.
+        tau: DDPG soft target update rate.
+        discount: DDPG discount.
+        agent_batch_size: DDPG batch size.
+        replay_per_layer: replay capacity per layer (official: 128 × layers).
+        hidden: DDPG hidden width.
+        init_noise: exploration σ at the end of warm-up.
+        noise_decay: σ's decay per episode.
+        seed: the agent's seed.
+        output_dir: where ``best_policy.json`` goes (default: the trainer's ``default_root_dir``).
+        compare: evaluate uniform 8-bit and 4-bit next to the best policy at fit end.
+    """
+
+    def __init__(
+        self, model: nn.Module | None = None, checkpoint: str | None = None, network: str | None = None,
+        weights: str | None = None, allow_untrained: bool = False, num_classes: int = 10, input_size: int = 32,
+        hardware: HardwareModel | None = None, budget_ratio: float = 0.5, min_bits: int = 2, max_bits: int = 8,
+        episodes: int = 600, warmup: int = 20, calib_batches: int = 2, finetune_batches: int = 0,
+        finetune_lr: float = 1e-3, val_batches: int | None = 10, cache_batches: bool = True,
+        reward_scale: float = 0.1, actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01,
+        discount: float = 1.0, agent_batch_size: int = 64, replay_per_layer: int = 128, hidden: int = 300,
+        init_noise: float = 0.5, noise_decay: float = 0.99, seed: int = 0, output_dir: str | None = None,
+        compare: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 2 <= min_bits <= max_bits < FLOAT_BITS:
+            raise ValueError(f"need 2 <= min_bits <= max_bits < {FLOAT_BITS}, got min_bits={min_bits}, "
+                             f"max_bits={max_bits}")
+        if not 0 < budget_ratio <= 1:
+            raise ValueError(f"budget_ratio={budget_ratio} must be in (0, 1]: a fraction of the all-{max_bits}-bit "
+                             "cost")
+        self.save_hyperparameters(ignore=["model", "hardware"])
+        self.automatic_optimization = False
+        self.hardware = hardware if hardware is not None else BitSerialAccelerator("edge")
+        self.net = quantize_network(load_network(checkpoint, network, weights, num_classes, allow_untrained, model))
+        self.episode = 0
+        self.best: dict[str, Any] | None = None
+        self.agent: DDPG | None = None
+        self._pending: dict[str, Any] | None = None
+        self._ready = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    # --- preparation ------------------------------------------------------------------------------------
+    def _loaders(self) -> tuple[Any, Any]:
+        dm = self.trainer.datamodule
+        if dm is None:
+            raise ValueError("HAQModule needs a datamodule: trainer.fit(model, datamodule=dm) (a recipe's `data:`)")
+        hp = self.hparams
+        n = max(hp.calib_batches, hp.finetune_batches, 1)
+        calib = (dm.calibration_dataloader(num_batches=n) if hasattr(dm, "calibration_dataloader")
+                 else dm.train_dataloader())
+        return calib, dm.val_dataloader()
+
+    def _batches(self, which: str) -> Iterable[Batch]:
+        hp = self.hparams
+        n = {"calib": hp.calib_batches, "finetune": hp.finetune_batches, "val": hp.val_batches}[which]
+        source = self._val_loader if which == "val" else self._calib_loader
+        if which != "val" and self._cache is not None:
+            return self._cache["train"][:n]
+        if which == "val" and self._cache is not None:
+            return self._cache["val"]
+        return islice(source, n)
+
+    def _prepare(self) -> None:
+        hp = self.hparams
+        if self.trainer.world_size > 1:
+            raise ValueError("HAQModule runs on one device: its episodes are sequential (set trainer.devices=1)")
+        self._calib_loader, self._val_loader = self._loaders()
+        self._cache = None
+        if hp.cache_batches:
+            self._cache = {"train": list(islice(self._calib_loader, max(hp.calib_batches, hp.finetune_batches, 1))),
+                           "val": list(islice(self._val_loader, hp.val_batches))}
+        sample = next(iter(self._batches("calib")))[0].to(self.device)
+        self._float_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.layers = profile_layers(self.net, sample)
+        self._names = [p.name for p in self.layers]
+        qlayers = quant_layers(self.net)
+        for p in self.layers:
+            qlayers[p.name].act_signed = p.act_signed
+        self._table = cost_lookup(self.hardware, self.layers, hp.max_bits)
+        self.full_cost = policy_cost(self._table, [(hp.max_bits, hp.max_bits)] * len(self.layers))
+        self.target = hp.budget_ratio * self.full_cost
+        low = policy_cost(self._table, [(hp.min_bits, hp.min_bits if self.hardware.uses_abits else hp.max_bits)]
+                          * len(self.layers))
+        if low > self.target:
+            raise ValueError(f"budget_ratio={hp.budget_ratio} is below the smallest reachable ratio "
+                             f"{low / self.full_cost:.4f} (every layer at {hp.min_bits} bits) of "
+                             f"{type(self.hardware).__name__}; raise budget_ratio or lower min_bits")
+        self._static = layer_states(self.layers)
+        self.acc_float = _accuracy(self.net, self._batches("val"), self.device)
+        if self.agent is None:
+            self.agent = DDPG(self._static.shape[1] + 2, 1, hp.replay_per_layer * len(self.layers), hp.hidden,
+                              hp.actor_lr, hp.critic_lr, hp.tau, hp.discount, hp.agent_batch_size, hp.warmup,
+                              hp.init_noise, hp.noise_decay, seed=hp.seed)
+        if self._pending is not None:
+            self._restore(self._pending)
+        self._ready = True
+        self.net.train()
+        rank_zero_info(f"HAQ: {len(self.layers)} layers, float acc {self.acc_float:.4f}, budget "
+                       f"{self.target:.4g} {self.hardware.unit} ({hp.budget_ratio:g} × all-{hp.max_bits}-bit)")
+
+    @override
+    def on_fit_start(self) -> None:
+        self._prepare()
+
+    # --- one episode ----------------------------------------------------------------------------------
+    def _set_bits(self, policy: Sequence[tuple[int, int]]) -> None:
+        qlayers = quant_layers(self.net)
+        for name, (w, a) in zip(self._names, policy):
+            qlayers[name].wbits, qlayers[name].abits = int(w), int(a)
+
+    def evaluate(self, policy: Sequence[tuple[int, int]]) -> tuple[float, dict[str, float]]:
+        """Validation accuracy of ``policy`` after calibration (and fine-tuning); the float network is restored.
+
+        Returns:
+            ``(accuracy in [0, 1], act_max per layer)``.
+        """
+        self._set_bits(policy)
+        try:
+            _calibrate(self.net, self._batches("calib"), self.device)
+            if self.hparams.finetune_batches > 0:
+                _finetune(self.net, self._batches("finetune"), self.hparams.finetune_lr, self.device)
+            acc = _accuracy(self.net, self._batches("val"), self.device)
+            act_max = {n: float(q.act_max) for n, q in quant_layers(self.net).items()}
+        finally:
+            self.net.load_state_dict(self._float_state)
+            self._set_bits([(FLOAT_BITS, FLOAT_BITS)] * len(self._names))
+        return acc, act_max
+
+    def search_step(self) -> dict[str, float]:
+        """One episode: act, fit the budget, evaluate, reward, learn. Returns the episode's numbers."""
+        hp = self.hparams
+        assert self.agent is not None
+        states, actions, policy = rollout(self.agent, self._static, self.episode, hp.min_bits, hp.max_bits)
+        policy = fit_budget(policy, self._table, self.target, hp.min_bits, self.hardware.uses_abits)
+        acc, act_max = self.evaluate(policy)
+        reward = hp.reward_scale * 100 * (acc - self.acc_float)
+        losses = self.agent.learn_episode(states, actions, reward, self.episode)
+        cost = policy_cost(self._table, policy)
+        if self.best is None or reward > self.best["reward"]:
+            self.best = {"reward": reward, "acc": acc, "cost": cost, "episode": self.episode,
+                         "policy": [list(p) for p in policy], "act_max": [act_max[n] for n in self._names]}
+        self.episode += 1
+        return {"reward": reward, "acc": acc, "cost_ratio": cost / self.full_cost, "best_acc": self.best["acc"],
+                "noise": self.agent.noise, **losses}
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        if self.episode < self.hparams.episodes:
+            return None
+        self.trainer.should_stop = True
+        return -1  # ends the epoch; with should_stop, the fit
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if not self._ready:
+            self._prepare()
+        out = self.search_step()
+        shown = {"acc", "best_acc"}
+        self.log_dict({f"haq/{k}": float(v) for k, v in out.items() if k not in shown}, batch_size=1)
+        self.log_dict({f"haq/{k}": float(out[k]) for k in shown}, prog_bar=True, batch_size=1)
+        # one episode = one step: lets max_steps, ModelCheckpoint(every_n_train_steps) and loggers count
+        # episodes; the agent's and fine-tune optimizers are not Lightning's, so nothing else advances it
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+        if self.episode >= self.hparams.episodes:
+            self.trainer.should_stop = True
+
+    @override
+    def configure_optimizers(self) -> None:
+        # the agent owns its Adam optimizers and each episode its own fine-tune SGD (fresh momentum, as official)
+        return None
+
+    # --- results ------------------------------------------------------------------------------------------
+    def policy_document(self) -> dict[str, Any]:
+        """The best policy so far as ``best_policy.json`` content."""
+        if self.best is None:
+            raise ValueError("no episode has run yet: there is no policy")
+        b = self.best
+        layers = {n: {"wbits": w, "abits": a, "act_max": m, "act_signed": p.act_signed}
+                  for n, (w, a), m, p in zip(self._names, b["policy"], b["act_max"], self.layers)}
+        return {"format": POLICY_FORMAT, "method": "HAQ", "hardware": self.hardware.describe(),
+                "budget_ratio": self.hparams.budget_ratio, "cost": b["cost"], "cost_ratio": b["cost"] / self.full_cost,
+                "acc": b["acc"], "acc_float": self.acc_float, "reward": b["reward"], "episode": b["episode"],
+                "layers": layers}
+
+    def compare_fixed(self, policy: Sequence[tuple[int, int]] | None = None) -> dict[str, dict[str, float]]:
+        """Accuracy and cost ratio of uniform 8-bit, uniform 4-bit and ``policy`` (default: the best one).
+
+        Every row goes through the same calibration/fine-tune/validation as the search's episodes.
+        """
+        if policy is None:
+            policy = [tuple(p) for p in self.best["policy"]] if self.best else []
+        n = len(self._names)
+        rows = {"float": {"acc": self.acc_float, "cost_ratio": float("nan")}}
+        for label, pol in (("fixed8", [(8, 8)] * n), ("fixed4", [(4, 4)] * n), ("haq", list(policy))):
+            if len(pol) == n:
+                ratio = policy_cost(self._table, pol) / self.full_cost
+                rows[label] = {"acc": self.evaluate(pol)[0], "cost_ratio": ratio}
+        return rows
+
+    @override
+    def on_train_end(self) -> None:
+        if self.best is None or not self.trainer.is_global_zero:
+            return
+        out = Path(self.hparams.output_dir or self.trainer.default_root_dir) / "best_policy.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.policy_document(), indent=2))
+        rank_zero_info(f"HAQ: best policy (acc {self.best['acc']:.4f}, episode {self.best['episode']}) -> {out}")
+        if self.hparams.compare:
+            rows = self.compare_fixed()
+            lines = [f"{'policy':>8} {'acc':>8} {'cost_ratio':>10}"]
+            lines += [f"{k:>8} {v['acc']:8.4f} {v['cost_ratio']:10.4f}" for k, v in rows.items()]
+            rank_zero_info("HAQ vs fixed precision (budget ratio {}):\n{}".format(self.hparams.budget_ratio,
+                                                                                   "\n".join(lines)))
+            metrics = {f"haq/compare/{k}_{m}": v[m] for k, v in rows.items() for m in v if k != "float" or m == "acc"}
+            for logger in self.trainer.loggers:
+                logger.log_metrics(metrics, step=self.episode)
+            self.comparison = rows
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    def _restore(self, state: dict[str, Any]) -> None:
+        assert self.agent is not None
+        if state.get("layers") != self._names:
+            raise ValueError("this HAQ checkpoint was saved for a network with other layers: resume with the same one")
+        self.agent.load_state_dict(state["agent"])
+        self.episode = int(state["episode"])
+        self.best = state.get("best")
+        self._pending = None
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.agent is not None:
+            checkpoint["haq"] = {"agent": self.agent.state_dict(), "episode": self.episode, "best": self.best,
+                                 "layers": list(self._names)}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("haq")
+        if state is None:
+            return
+        self._pending = state
+        if self._ready:
+            self._restore(state)

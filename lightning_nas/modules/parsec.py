@@ -1,0 +1,466 @@
+"""``PARSECModule``: probabilistic NAS by importance-weighted empirical Bayes over a categorical prior.
+
+Casale, Gordon, Fusi, "Probabilistic Neural Architecture Search", arXiv 2019, https://arxiv.org/abs/1902.05116
+(no official code).
+
+The prior ``p(α | π)`` is a product of independent categoricals, one per decision, with logits ``π``.
+PARSEC maximises the marginal likelihood ``p(y | X, v, π) = Σ_α p(y | X, v, α) p(α | π)`` with a Monte Carlo
+estimate over ``K`` archs ``α_k ~ p(α | π)``: with ``ℓ_k = log p(y | X, v, α_k)`` (minus the summed
+cross-entropy of the batch) and importance weights ``w_k = softmax_k(ℓ_k)`` (detached),
+
+- the weights ``v`` move along ``Σ_k w_k ∇_v ℓ_k`` on training batches (SGD, DARTS' settings);
+- the prior ``π`` moves along ``Σ_k w_k ∇_π log p(α_k | π)`` on held-out validation batches (Adam), where
+  ``∇_π log p(α | π) = onehot(α) − softmax(π)`` per decision: exact, no baseline needed.
+
+**Memory of one architecture.** The weight step runs the ``K`` archs one after another, each forward
+followed at once by its backward, so only one arch's activations are alive. ``w_k`` needs every
+``ℓ_k``, so the gradient is accumulated like an online log-sum-exp (:class:`WeightedGradients`): arch
+``k`` is back-propagated with the loss scaled by ``exp(ℓ_k − m)`` (``m`` the running maximum); when a
+new maximum appears, the gradient accumulated so far is rescaled by ``exp(m_old − m_new)``; at the end
+the gradient is divided by ``Σ_k exp(ℓ_k − m)``. The result is exactly ``Σ_k w_k ∇ CE_k`` with ``K``
+forwards (not ``2K`` as a no-grad scoring pass first would need, which would also update BatchNorm
+statistics twice), one gradient buffer, and all scales ≤ 1 (no overflow). The prior step needs no
+weight gradient: ``K`` no-grad forwards.
+
+**DDP.** Every rank draws the same archs from a generator seeded by ``(seed, step)``. The log-likelihood
+of arch ``k`` is summed over the ranks (one scalar all-reduce) before its backward, so ``w_k`` belongs to
+the global batch and is the same on every rank; DDP averages the weight gradients. ``π``'s gradient is
+computed in closed form from the all-reduced log-likelihoods, identical on every rank with no gradient
+sync: ``π`` never enters a forward, so DDP needs ``find_unused_parameters=True``
+(``strategy: ddp_find_unused_parameters_true`` in the recipes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+from typing_extensions import override
+
+from lightning_nas.arch import Arch, save_arch
+from lightning_nas.callbacks.path_sampling import step_generator
+from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
+from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.spaces.base import SearchSpace
+
+__all__ = ["PARSECModule", "WeightedGradients", "importance_weights", "load_prior", "sample_indices",
+           "score_gradient"]
+
+FINALS = ("argmax", "best_of_samples")
+PRIOR_FORMAT = 1
+
+
+# --- the estimator: pure functions --------------------------------------------------------
+def sample_indices(logits: Sequence[Tensor], k: int, generator: torch.Generator) -> Tensor:
+    """``k`` archs from the prior: a ``(k, decisions)`` tensor of value indices (CPU, float64 sampling)."""
+    return torch.stack([torch.multinomial(torch.softmax(a.detach().double().cpu(), 0), k, replacement=True,
+                                          generator=generator) for a in logits], dim=1)
+
+
+def importance_weights(log_likelihoods: Tensor) -> Tensor:
+    """``w_k = exp(ℓ_k) / Σ_j exp(ℓ_j)``, normalised in log space, detached (float64)."""
+    return torch.softmax(log_likelihoods.detach().double(), 0)
+
+
+def score_gradient(logits: Sequence[Tensor], indices: Tensor, weights: Tensor) -> list[Tensor]:
+    """``Σ_k w_k ∇_π log p(α_k | π)`` per decision: ``Σ_k w_k onehot(α_k) − (Σ_k w_k) softmax(π)`` (float64, CPU)."""
+    w = weights.detach().double().cpu()
+    out = []
+    for d, a in enumerate(logits):
+        p = torch.softmax(a.detach().double().cpu(), 0)
+        out.append(torch.zeros_like(p).index_add_(0, indices[:, d].cpu(), w) - w.sum() * p)
+    return out
+
+
+class WeightedGradients:
+    """Accumulate ``Σ_k w_k ∇ loss_k`` in ``.grad`` one arch at a time, ``w = softmax(ℓ)`` (online log-sum-exp).
+
+    Example::
+
+        acc = WeightedGradients(net.parameters())
+        for arch in archs:
+            loss, ll = ...                        # ll: the arch's log-likelihood (a float)
+            (acc.scale(ll) * loss).backward()     # scale before backward
+        weights = acc.finish()                    # .grad now holds Σ_k w_k ∇ loss_k
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter]) -> None:
+        self.params = list(params)
+        self.max, self.total, self.log_likelihoods = -math.inf, 0.0, []
+
+    def _grads(self) -> list[Tensor]:
+        return [p.grad for p in self.params if p.grad is not None]
+
+    def scale(self, log_likelihood: float) -> float:
+        """The factor ``exp(ℓ − m)`` for this arch's loss; rescales what was accumulated if ``ℓ`` is a new maximum."""
+        if log_likelihood > self.max:
+            shrink = math.exp(self.max - log_likelihood) if self.total > 0 else 0.0
+            grads = self._grads()
+            if grads and shrink != 1.0:
+                torch._foreach_mul_(grads, shrink)
+            self.total *= shrink
+            self.max = log_likelihood
+        self.log_likelihoods.append(log_likelihood)
+        factor = math.exp(log_likelihood - self.max)
+        self.total += factor
+        return factor
+
+    def finish(self) -> Tensor:
+        """Normalise the accumulated gradient; return the importance weights."""
+        grads = self._grads()
+        if grads:
+            torch._foreach_div_(grads, self.total)
+        return importance_weights(torch.tensor(self.log_likelihoods, dtype=torch.float64))
+
+
+@contextmanager
+def frozen_bn_statistics(module: nn.Module) -> Any:
+    """Train-mode BatchNorm (batch statistics) that leaves the running statistics as they were."""
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m, _, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+# --- the prior as a JSON file -------------------------------------------------------------
+def save_prior(path: Path, space: SearchSpace, decisions: dict[str, list], logits: Sequence[Tensor]) -> Path:
+    doc = {"space": space.space_name, "format": PRIOR_FORMAT, "decisions": decisions,
+           "logits": {n: a.detach().double().cpu().tolist() for n, a in zip(decisions, logits)},
+           "probabilities": {n: dict(zip(map(str, decisions[n]), torch.softmax(a.detach().double().cpu(), 0).tolist()))
+                             for n, a in zip(decisions, logits)}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def load_prior(path: str | Path, decisions: dict[str, list]) -> list[Tensor]:
+    """The prior logits saved at ``path`` (``prior.json``), checked against ``decisions``.
+
+    Raises:
+        FileNotFoundError: the file does not exist (say how it is made).
+        ValueError: the file is not a prior, or its decisions differ (naming the keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prior_init file {str(path)!r} does not exist: it is the prior.json a PARSEC search "
+                                "writes into its run folder (e.g. run recipes/parsec/cifar10.yaml first)")
+    try:
+        doc = json.loads(path.read_text())
+        saved_logits, saved_values = doc["logits"], doc["decisions"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"prior_init file {str(path)!r} is not a PARSEC prior.json ({err!r})") from None
+    missing = [k for k in decisions if k not in saved_logits]
+    extra = [k for k in saved_logits if k not in decisions]
+    differ = [k for k in decisions if k in saved_logits and
+              (list(saved_values.get(k, [])) != list(decisions[k]) or len(saved_logits[k]) != len(decisions[k]))]
+    if missing or extra or differ:
+        raise ValueError(f"prior_init {str(path)!r} does not match this space's decisions: missing {missing}, "
+                         f"unknown {extra}, different values {differ}")
+    return [torch.tensor(saved_logits[k], dtype=torch.float32) for k in decisions]
+
+
+class HeldOutBatches:
+    """An endless, resumable stream of validation batches for the prior steps; each rank its own shuffled shard."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.epoch, self.consumed = seed, -1, 0
+        self._loader: DataLoader | None = None
+        self._iter: Any = None
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.epoch != epoch:
+            self.epoch, self.consumed, self._iter = epoch, 0, None
+
+    def _build(self, module: LightningModule) -> DataLoader:
+        loader = module.trainer.datamodule.val_dataloader()
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+        if getattr(loader, "batch_size", None) is None:
+            return loader  # a custom batch sampler: used as given
+        sampler = DistributedSampler(loader.dataset, num_replicas=module.trainer.world_size,
+                                     rank=module.trainer.global_rank, shuffle=True, seed=self.seed)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+    def next(self, module: LightningModule) -> Any:
+        if self._loader is None:
+            self._loader = self._build(module)
+        if self._iter is None:
+            passes, skip = divmod(self.consumed, max(1, len(self._loader)))
+            if isinstance(self._loader.sampler, DistributedSampler):
+                self._loader.sampler.set_epoch(self.epoch * 10_007 + passes)
+            self._iter = iter(self._loader)
+            for _ in range(skip):  # resumed mid-epoch: skip what the interrupted run consumed
+                next(self._iter)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._iter = None
+            return self.next(module)
+        self.consumed += 1
+        return module.transfer_batch_to_device(batch, module.device, 0)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.consumed, self._iter = int(state.get("epoch", -1)), int(state.get("consumed", 0)), None
+
+
+class PARSECModule(LightningModule):
+    """Search any space with PARSEC: ``K`` archs per step from a learned categorical prior.
+
+    Args:
+        space: the supernet (e.g. :class:`~lightning_nas.spaces.DartsCellSpace`).
+        K: archs sampled per step (weight and prior steps).
+        lr: weight LR (SGD, cosine to ``lr_min``; DARTS' search settings).
+        lr_min: final weight LR.
+        momentum: SGD momentum.
+        weight_decay: decay on weight tensors (not BatchNorm/bias).
+        grad_clip: gradient-norm clip of the weight step (DARTS: 5); ``0`` turns it off.
+        prior_lr: Adam LR of ``π``. The paper gives no optimiser; we take DARTS' architecture optimiser
+            (Liu et al. 2019, ``train_search.py``: Adam, LR 3e-4, betas (0.5, 0.999), weight decay 1e-3),
+            whose decay pulls ``π`` towards the uniform prior.
+        prior_betas: Adam betas of ``π``.
+        prior_weight_decay: Adam (L2) weight decay of ``π``.
+        prior_update_every: one prior step after every this many weight steps.
+        prior_init: a ``prior.json`` to start ``π`` from (transfer to a larger network or another data set).
+        final: ``"argmax"`` (most probable value per decision) or ``"best_of_samples"`` (the best validation
+            accuracy among ``final_samples`` archs drawn from the prior).
+        final_samples: archs scored by ``best_of_samples``.
+        seed: seed of the samples and of the validation batches' order.
+
+    Raises:
+        ValueError: an unknown ``final``, ``K`` or ``prior_update_every`` below 1, or a ``prior_init`` whose
+            decisions differ from the space's.
+        FileNotFoundError: a missing ``prior_init`` file.
+    """
+
+    def __init__(self, space: SearchSpace, K: int = 8, lr: float = 0.025, lr_min: float = 0.001,  # noqa: N803
+                 momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.0, prior_lr: float = 3e-4,
+                 prior_betas: tuple[float, float] = (0.5, 0.999), prior_weight_decay: float = 1e-3,
+                 prior_update_every: int = 1, prior_init: str | None = None, final: str = "argmax",
+                 final_samples: int = 20, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(space, SearchSpace):
+            raise TypeError(f"PARSECModule needs a lightning_nas SearchSpace, got {type(space).__name__}")
+        if final not in FINALS or K < 1 or prior_update_every < 1 or final_samples < 1:
+            raise ValueError(f"PARSECModule needs final in {FINALS}, K >= 1, prior_update_every >= 1 and "
+                             f"final_samples >= 1; got {final!r}, {K}, {prior_update_every}, {final_samples}")
+        self.save_hyperparameters(ignore=["space"])
+        self.automatic_optimization = False
+        self.space = space
+        self._decisions = space.decisions()
+        init = load_prior(prior_init, self._decisions) if prior_init else [torch.zeros(len(v))
+                                                                           for v in self._decisions.values()]
+        self.prior_logits = nn.ParameterList([nn.Parameter(a) for a in init])
+        self._held_out = HeldOutBatches(seed)
+        self.prior_steps = 0
+        self.last_indices: Tensor | None = None  # the last weight step's archs, (K, decisions) value indices
+        self.best_arch_path: Path | None = None
+        self._train_arch: Arch | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.space(x)
+
+    # --- the prior --------------------------------------------------------------------------
+    def _arch(self, index: Tensor) -> Arch:
+        return {n: v[int(i)] for (n, v), i in zip(self._decisions.items(), index)}
+
+    def arch_probabilities(self) -> dict[str, dict[Any, float]]:
+        """``{decision: {value: probability}}`` under the prior ``softmax(π)``."""
+        return {n: dict(zip(v, torch.softmax(a.detach().double().cpu(), 0).tolist()))
+                for (n, v), a in zip(self._decisions.items(), self.prior_logits)}
+
+    def prior_entropy(self) -> float:
+        """The prior's entropy (nats, summed over the decisions)."""
+        return float(sum(torch.distributions.Categorical(logits=a.detach().double()).entropy()
+                         for a in self.prior_logits))
+
+    def argmax_arch(self) -> Arch:
+        """The most probable arch under the prior."""
+        return self._arch(torch.stack([torch.argmax(a.detach()).cpu() for a in self.prior_logits]))
+
+    def save_prior(self, path: str | Path) -> Path:
+        """Write the prior (logits and probabilities per decision) as JSON, readable by ``prior_init``."""
+        return save_prior(Path(path), self.space, self._decisions, list(self.prior_logits))
+
+    # --- steps ------------------------------------------------------------------------------
+    @override
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not callable(getattr(datamodule, "val_dataloader", None)):
+            raise ValueError("PARSECModule learns its prior on the held-out validation split: fit it with a "
+                             "LightningDataModule that has val_dataloader() (trainer.fit(model, datamodule=dm))")
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        self._held_out.start_epoch(self.current_epoch)
+
+    def _global_sum(self, value: Tensor) -> Tensor:
+        # the log-likelihood of the whole (all-rank) batch, so the importance weights agree on every rank
+        return self.trainer.strategy.reduce(value, reduce_op="sum")
+
+    @override
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        w_opt, _ = self.optimizers()
+        step = self.trainer.fit_loop.total_batch_idx
+        indices = sample_indices(self.prior_logits, self.hparams.K, step_generator(self.hparams.seed, step))
+        w_opt.zero_grad(set_to_none=True)
+        acc = WeightedGradients(self.space.parameters())
+        losses = []
+        for index in indices:
+            self.space.activate(self._arch(index), validate=False)
+            ce = F.cross_entropy(self.space(x), y, reduction="none")
+            factor = acc.scale(-float(self._global_sum(ce.detach().sum())))
+            if factor > 0.0:  # the same on every rank: an underflowed weight skips its backward everywhere
+                self.manual_backward(ce.mean() * factor)
+            losses.append(ce.detach().mean())
+        weights = acc.finish().to(self.device, torch.float32)
+        if self.hparams.grad_clip > 0:
+            self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        w_opt.step()
+        self.lr_schedulers().step()
+        self.last_indices = indices
+        ess = 1.0 / float((weights.double() ** 2).sum())
+        self.log_dict({"train/loss": (weights * torch.stack(losses)).sum(), "train/ess": ess}, prog_bar=True,
+                      batch_size=len(y))
+        if (batch_idx + 1) % self.hparams.prior_update_every == 0:
+            self._prior_step()
+
+    def _prior_step(self) -> None:
+        previous = self.space.active_arch
+        x, y = self._held_out.next(self)
+        gen = step_generator(self.hparams.seed + 1, self.trainer.fit_loop.total_batch_idx)
+        indices = sample_indices(self.prior_logits, self.hparams.K, gen)
+        with torch.no_grad(), frozen_bn_statistics(self.space):
+            lls = []
+            for index in indices:
+                self.space.activate(self._arch(index), validate=False)
+                lls.append(-F.cross_entropy(self.space(x), y, reduction="sum"))
+        lls = self._global_sum(torch.stack(lls))
+        weights = importance_weights(lls)
+        optimizer = self.optimizers()[1].optimizer
+        optimizer.zero_grad(set_to_none=True)
+        for a, g in zip(self.prior_logits, score_gradient(self.prior_logits, indices, weights)):
+            a.grad = (-g).to(a.device, a.dtype)  # Adam minimises: ascend the marginal likelihood
+        # through the strategy, not LightningOptimizer.step: global_step keeps counting weight steps only
+        self.trainer.strategy.optimizer_step(optimizer, closure=_no_closure, model=self)
+        self.prior_steps += 1
+        if previous is not None:
+            self.space.activate(previous, validate=False)
+        n = float(self._global_sum(torch.tensor(float(len(y)), device=lls.device)))
+        marginal = (torch.logsumexp(lls.double(), 0) - math.log(len(lls))) / n  # log p̂(y | π) per example
+        self.log_dict({"prior/log_marginal": marginal.float(), "prior/ess": 1.0 / float((weights ** 2).sum()),
+                       "prior/entropy": self.prior_entropy()}, batch_size=len(y))
+
+    # --- validation on the most probable arch -----------------------------------------------
+    @override
+    def on_validation_start(self) -> None:
+        self._train_arch = self.space.active_arch
+        self.space.activate(self.argmax_arch(), validate=False)
+
+    @override
+    def on_validation_end(self) -> None:
+        if self._train_arch is not None:
+            self.space.activate(self._train_arch, validate=False)
+
+    @override
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.space(x)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, batch_size=len(y), sync_dist=True)
+
+    # --- optimisation -----------------------------------------------------------------------
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        weights = build_optimizer(split_decay(self.space, hp.weight_decay), "sgd", hp.lr, hp.momentum)
+        prior = torch.optim.Adam(self.prior_logits.parameters(), lr=hp.prior_lr, betas=tuple(hp.prior_betas),
+                                 weight_decay=hp.prior_weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = warmup_schedule(weights, total, 0, "cosine", min_ratio=min(1.0, hp.lr_min / hp.lr) if hp.lr > 0 else 0.0)
+        return [weights, prior], [{"scheduler": schedule, "interval": "step"}]
+
+    # --- outputs ----------------------------------------------------------------------------
+    def _run_dir(self) -> Path:
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is a collective: all ranks
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        folder = self._run_dir()
+        if self.trainer.is_global_zero:
+            self.save_prior(folder / "prior.json")
+
+    def score_archs(self, archs: Sequence[Arch]) -> list[float]:
+        """Accuracy of each arch on the whole validation split (batch-statistics BatchNorm, as the prior steps)."""
+        loader = self.trainer.datamodule.val_dataloader()
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+        correct, total = [0.0] * len(archs), 0
+        with torch.no_grad(), frozen_bn_statistics(self.space):
+            for batch in loader:
+                x, y = self.transfer_batch_to_device(batch, self.device, 0)
+                total += len(y)
+                for i, arch in enumerate(archs):
+                    self.space.activate(arch, validate=False)
+                    correct[i] += float((self.space(x).argmax(1) == y).sum())
+        return [c / max(1, total) for c in correct]
+
+    def final_arch(self) -> tuple[Arch, dict[str, Any]]:
+        """The searched arch (``final``) and what to store beside it."""
+        if self.hparams.final == "argmax":
+            return self.argmax_arch(), {}
+        gen = step_generator(self.hparams.seed + 2, 0)
+        indices = sample_indices(self.prior_logits, self.hparams.final_samples, gen)
+        archs = [self._arch(i) for i in indices]
+        scores = self.score_archs(archs)
+        best = max(range(len(archs)), key=scores.__getitem__)
+        return archs[best], {"val_acc": scores[best], "sample_scores": scores}
+
+    @override
+    def on_fit_end(self) -> None:
+        folder = self._run_dir()
+        if not self.trainer.is_global_zero:
+            return
+        from lightning_nas.cost import macs, params
+
+        was_training = self.space.training
+        arch, meta = self.final_arch()
+        self.space.train(was_training)
+        self.save_prior(folder / "prior.json")
+        meta = {"final": self.hparams.final, **meta, "macs": macs(self.space, arch),
+                "params": params(self.space, arch), "probabilities": self.arch_probabilities()}
+        self.best_arch_path = save_arch(arch, folder / "best_arch.json", self.space, **meta)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
+        checkpoint["parsec"] = {"held_out": self._held_out.state_dict(), "prior_steps": self.prior_steps}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_space_checkpoint(self.space, checkpoint)
+        state = checkpoint.get("parsec", {})
+        self._held_out.load_state_dict(state.get("held_out", {}))
+        self.prior_steps = int(state.get("prior_steps", 0))
+
+
+def _no_closure() -> None:
+    return None

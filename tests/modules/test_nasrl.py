@@ -1,0 +1,139 @@
+"""``NASRLModule`` + ``ControllerUpdate``: learning, DDP consistency, resume, real children on tiny data."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import torch
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_nas.callbacks.controller_update import ControllerUpdate
+from lightning_nas.datamodules.text import TextDataModule
+from lightning_nas.modules.nasrl import NASRLModule
+from lightning_nas.spaces.layer_tokens import LayerTokenSpace, child_from_arch_file
+from lightning_nas.spaces.rnn_cell import RNNCellSpace
+
+
+class TinyImages(LightningDataModule):
+    """16 random 8×8 images, 3 classes; ``val_dataloader`` is a held-out part."""
+
+    num_classes, input_size = 3, 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(24, 3, 8, 8, generator=g), torch.randint(0, 3, (24,), generator=g)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.x[:16], self.y[:16]), batch_size=8, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.x[16:], self.y[16:]), batch_size=8)
+
+
+class ToyReward(NASRLModule):
+    """No child training: reward 1 when layer 0's filter height is 3 (fast and deterministic)."""
+
+    def train_child(self, arch, step, index):
+        self.trained = [*getattr(self, "trained", []), index]
+        return float(arch["layer0.fh"] == 3), 0.0, 1.0, 1.0
+
+
+class CheckedToyReward(ToyReward):
+    """Asserts inside each DDP worker that archs and controllers agree and the children were split."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        flat = torch.cat([p.detach().flatten() for p in self.controller.parameters()])
+        gathered = self.all_gather(flat)
+        assert torch.equal(gathered[0], gathered[1]), "controller weights differ across ranks"
+        mine = torch.tensor(self.trained[-2:])
+        ranks = self.all_gather(mine)
+        assert set(ranks[0].tolist()).isdisjoint(ranks[1].tolist()), "ranks trained the same children"
+        assert sorted(ranks.flatten().tolist()) == [0, 1, 2, 3]
+        archs = self.all_gather(torch.tensor([zlib.crc32(json.dumps(c["arch"], sort_keys=True).encode())
+                                              for c in self.last_children]))
+        assert torch.equal(archs[0], archs[1]), "ranks sampled different archs"
+
+
+def _module(cls=ToyReward, **kwargs) -> NASRLModule:
+    args = {"space": LayerTokenSpace(num_layers=2, num_filters=[4, 8]), "controller_steps": 4, "children_per_step": 4,
+            "child_epochs": 1, "child_progress": False, "lr": 0.05, **kwargs}
+    return cls(**args)
+
+
+def _trainer(tmp_path, **kwargs) -> Trainer:
+    args = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False, "enable_checkpointing": False,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path), **kwargs}
+    return Trainer(**args)
+
+
+def _p_fh3(module: NASRLModule) -> float:
+    with torch.no_grad():
+        arch = module.sample_archs(0, 1)[0]
+        score = module.controller.log_prob({**arch, "layer0.fh": 3}, module.program(0))
+    return float(score.token_log_probs["layer0.fh"].exp())
+
+
+def test_toy_reward_through_the_module_and_outputs(tmp_path) -> None:
+    module = _module(controller_steps=25)
+    before = _p_fh3(module)
+    trainer = _trainer(tmp_path, callbacks=[ControllerUpdate(baseline_decay=0.8, top_k=3)])
+    trainer.fit(module, datamodule=TinyImages())
+    assert trainer.global_step == 25
+    assert _p_fh3(module) > before + 0.2
+    metrics = trainer.callback_metrics
+    assert {"nasrl/reward", "nasrl/baseline", "nasrl/entropy", "nasrl/depth"} <= set(metrics)
+    folder = tmp_path / "nasrl"
+    assert len((folder / "children.jsonl").read_text().splitlines()) == 100
+    best = json.loads((folder / "best_arch.json").read_text())
+    assert best["space"] == "LayerTokenSpace" and best["reward"] == 1.0
+    assert child_from_arch_file(folder / "best_arch.json", num_classes=3)(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+
+def test_depth_schedule() -> None:
+    module = _module(depth_start=6, depth_every=16, max_depth=10, space=LayerTokenSpace())
+    assert [module.depth(s) for s in (0, 3, 4, 8, 100)] == [6, 6, 8, 10, 10]
+    assert len([k for k in module.sample_archs(4, 1)[0] if k.endswith(".fh")]) == 8
+
+
+def test_ddp_two_ranks_split_children_and_agree(tmp_path) -> None:
+    module = _module(CheckedToyReward, controller_steps=1)
+    trainer = _trainer(tmp_path, devices=2, strategy="ddp_spawn")
+    trainer.fit(module, datamodule=TinyImages())  # the workers assert; a failure there fails fit
+
+
+def test_resume_continues_baseline_controller_and_optimizer(tmp_path) -> None:
+    straight = _module(controller_steps=1)
+    cb = ControllerUpdate(baseline_decay=0.5)
+    _trainer(tmp_path / "a", max_epochs=3, callbacks=[cb]).fit(straight, datamodule=TinyImages())
+
+    first = _module(controller_steps=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "b", max_epochs=2, callbacks=[ControllerUpdate(baseline_decay=0.5), ckpt],
+             enable_checkpointing=True).fit(first, datamodule=TinyImages())
+    resumed, cb2 = _module(controller_steps=1), ControllerUpdate(baseline_decay=0.5)
+    trainer = _trainer(tmp_path / "b", max_epochs=3, callbacks=[cb2])
+    trainer.fit(resumed, datamodule=TinyImages(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 3
+    assert cb2.baseline == cb.baseline and cb2.children_seen == cb.children_seen == 12
+    for a, b in zip(straight.controller.parameters(), resumed.controller.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    sa = straight.optimizers().optimizer.state_dict()["state"]
+    sb = resumed.optimizers().optimizer.state_dict()["state"]
+    torch.testing.assert_close(sa[0]["exp_avg"], sb[0]["exp_avg"], rtol=0, atol=0)
+
+
+def test_fast_dev_run_trains_real_image_and_text_children(tmp_path) -> None:
+    module = _module(NASRLModule, children_per_step=8)
+    trainer = _trainer(tmp_path, fast_dev_run=2)
+    trainer.fit(module, datamodule=TinyImages())
+    assert len(module.last_children) == 2 and all(0 <= c["score"] <= 1 for c in module.last_children)
+    text = NASRLModule(RNNCellSpace(base=4, hidden_size=8), children_per_step=2, child_progress=False)
+    trainer = _trainer(tmp_path, fast_dev_run=1)
+    trainer.fit(text, datamodule=TextDataModule(batch_size=4, bptt=8))
+    child = text.last_children[0]
+    assert text.space.num_classes == TextDataModule().vocab_size  # taken from the datamodule
+    assert child["score"] > 1 and child["reward"] == 80.0 / child["score"] ** 2
