@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     args = bench.parse(argv)
     archs, rounds, reps = (2, 3, 1) if args.quick else (3, 8, 1)
     bench.settings.update({"space": "MobileNetSpace(width_mult=0.25, depths 2-2-2-2-2-1, no zero op)",
-                           "batch": BATCH, "input_size": SIZE, "archs": archs, "rounds": rounds, "reps_per_round": reps})
+                           "batch": BATCH, "input_size": SIZE, "archs": archs, "rounds": rounds,
+                           "reps_per_round": reps})
     gen = torch.Generator().manual_seed(args.seed)
     for k in (2, 4, 6):
         space = make_space(k)

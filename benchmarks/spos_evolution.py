@@ -3,7 +3,8 @@
 The quickstart's supernet trains a few epochs with SPOS (uniform paths), then ``EvolutionSearch`` runs
 at fit end as in ``recipes/quickstart.yaml`` (population 16, top-k 5, 6 mutations, 6 crossovers, a
 MACs constraint, 640 calibration images (256 with ``--quick``), the whole 144-image validation split).
-The search is timed as a whole (``EvolutionSearch.search``: data collection, evolution, scoring, the report files) and in
+The search is timed as a whole (``EvolutionSearch.search``: data collection, evolution, scoring, the report files)
+and in
 its two scoring phases, by wrapping the ``recalibrate_bn`` and ``accuracy`` the callback calls.
 Figures: candidates per second, and the share of the search's time in BN re-calibration, in scoring
 and in everything else.

@@ -65,7 +65,8 @@ def standalone(space: nn.Module, arch: dict, train_loader: object, val: list, ep
     return accuracy(net, val)
 
 
-def search_comparison(space: nn.Module, score: Callable[[list[dict]], list[float]], seeds: int, population: int, generations: int
+def search_comparison(space: nn.Module, score: Callable[[list[dict]], list[float]], seeds: int, population: int,
+                      generations: int
                       ) -> dict[str, dict[str, float]]:
     """Best and median inherited accuracy of the candidates of evolution and random search, per seed."""
     decisions = space.decisions()

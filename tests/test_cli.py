@@ -74,7 +74,8 @@ def test_search_subcommand_needs_a_search_callback(tmp_path: Path) -> None:
 def test_offline_wandb_run_leaves_its_run_folder(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, "-m", "lightning_nas.cli", "fit", "--config", str(ROOT / "recipes" / "train" / "digits.yaml"),
+    cmd = [sys.executable, "-m", "lightning_nas.cli", "fit", "--config",
+           str(ROOT / "recipes" / "train" / "digits.yaml"),
            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
            "--trainer.limit_test_batches=1", f"--trainer.default_root_dir={tmp_path}",
            f"--trainer.logger.init_args.save_dir={tmp_path}"]

@@ -31,7 +31,14 @@ from lightning_nas.arch import Arch, save_arch
 from lightning_nas.search import constraints as _constraints
 from lightning_nas.search.constraints import Constraint
 from lightning_nas.search.evaluate import (
-    accuracy, collect_batches, collect_inputs, recalibrate_bn, restore_buffers, restore_modes, save_buffers, save_modes,
+    accuracy,
+    collect_batches,
+    collect_inputs,
+    recalibrate_bn,
+    restore_buffers,
+    restore_modes,
+    save_buffers,
+    save_modes,
 )
 from lightning_nas.search.evolution import EvolutionConfig, EvolutionState, Record, arch_key, evolve, top_k
 from lightning_nas.spaces.base import SearchSpace

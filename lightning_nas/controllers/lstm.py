@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ class Anchor:
     names: tuple[str, ...] = ()
 
 
-Program = Sequence[Union[Token, Anchor]]
+Program = Sequence[Token | Anchor]
 
 
 def program_from_decisions(decisions: Mapping[str, Sequence[Any]]) -> list[Token]:

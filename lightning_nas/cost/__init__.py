@@ -13,6 +13,8 @@ from lightning_nas.cost.hardware import (
 from lightning_nas.cost.latency import LatencyTable, measure_ms
 from lightning_nas.cost.tables import CostTable, bitops, cost_of, cost_range, cost_table, count_macs, macs, params
 
-__all__ = ["BitFlexibleAccelerator", "BitOps", "BitSerialAccelerator", "CostTable", "HardwareModel", "LatencyTable",
-           "LayerProfile", "ModelSize", "fit_budget", "profile_layers", "bitops", "cost_of", "cost_range", "cost_table", "count_macs", "macs",
-           "measure_ms", "params"]
+__all__ = [
+    "BitFlexibleAccelerator", "BitOps", "BitSerialAccelerator", "CostTable", "HardwareModel", "LatencyTable",
+    "LayerProfile", "ModelSize", "bitops", "cost_of", "cost_range", "cost_table", "count_macs", "fit_budget", "macs",
+    "measure_ms", "params", "profile_layers",
+]

@@ -94,7 +94,7 @@ def _active_shape(layer: nn.Module, shape: torch.Size) -> tuple[int, ...]:
 
 
 def _trace_layers(module: nn.Module, run: Any, leaves: bool = False) -> list[tuple[nn.Module, torch.Size]]:
-    """Run ``run()`` and record every conv/linear layer (or leaf module) of ``module`` that ran, with its input shape."""
+    """Run ``run()``; record every conv/linear layer (or leaf module) of ``module`` that ran, with its input shape."""
     seen: list[tuple[nn.Module, torch.Size]] = []
     watched = _leaves(module) if leaves else _leaf_layers(module)
     hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0].shape))) for m in watched]

@@ -40,8 +40,15 @@ from typing_extensions import override
 
 from lightning_nas.arch import ArchError
 from lightning_nas.controllers.ddpg import DDPG
-from lightning_nas.cost.hardware import (BitSerialAccelerator, HardwareModel, LayerProfile, cost_lookup, fit_budget,
-                                         policy_cost, profile_layers)
+from lightning_nas.cost.hardware import (
+    BitSerialAccelerator,
+    HardwareModel,
+    LayerProfile,
+    cost_lookup,
+    fit_budget,
+    policy_cost,
+    profile_layers,
+)
 from lightning_nas.nn.quantize import FLOAT_BITS, QuantConv2d, QuantLinear
 
 __all__ = ["HAQModule", "QuantizedNetwork", "action_to_bits", "apply_policy", "layer_states", "load_network",
@@ -120,7 +127,7 @@ def load_network(checkpoint: str | None = None, network: str | None = None, weig
 def quantize_network(net: nn.Module) -> nn.Module:
     """A copy of ``net`` with every ``Conv2d``/``Linear`` replaced by a (float, 32-bit) quantized layer."""
     net = copy.deepcopy(net)
-    for name, module in list(net.named_modules()):
+    for module in list(net.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, (QuantConv2d, QuantLinear)):
                 continue

@@ -33,7 +33,7 @@ from typing_extensions import override
 from lightning_nas.arch import Arch
 from lightning_nas.callbacks.controller_update import ControllerUpdate
 from lightning_nas.callbacks.path_sampling import step_generator
-from lightning_nas.controllers.lstm import LSTMController, Token
+from lightning_nas.controllers.lstm import LSTMController
 
 __all__ = ["NASRLModule"]
 

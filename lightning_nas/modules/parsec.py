@@ -49,6 +49,7 @@ from typing_extensions import override
 from lightning_nas.arch import Arch, save_arch
 from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
+from lightning_nas.modules.single_path import FixedPathValidation
 from lightning_nas.modules.spos import check_space_checkpoint
 from lightning_nas.spaces.base import SearchSpace
 
@@ -221,7 +222,7 @@ class HeldOutBatches:
         self.epoch, self.consumed, self._iter = int(state.get("epoch", -1)), int(state.get("consumed", 0)), None
 
 
-class PARSECModule(LightningModule):
+class PARSECModule(FixedPathValidation, LightningModule):
     """Search any space with PARSEC: ``K`` archs per step from a learned categorical prior.
 
     Args:
@@ -370,22 +371,8 @@ class PARSECModule(LightningModule):
                        "prior/entropy": self.prior_entropy()}, batch_size=len(y))
 
     # --- validation on the most probable arch -----------------------------------------------
-    @override
-    def on_validation_start(self) -> None:
-        self._train_arch = self.space.active_arch
-        self.space.activate(self.argmax_arch(), validate=False)
-
-    @override
-    def on_validation_end(self) -> None:
-        if self._train_arch is not None:
-            self.space.activate(self._train_arch, validate=False)
-
-    @override
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.space(x)
-        acc = (logits.argmax(1) == y).float().mean()
-        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, batch_size=len(y), sync_dist=True)
+    def validation_arch(self) -> Arch:
+        return self.argmax_arch()
 
     # --- optimisation -----------------------------------------------------------------------
     @override
@@ -395,7 +382,8 @@ class PARSECModule(LightningModule):
         prior = torch.optim.Adam(self.prior_logits.parameters(), lr=hp.prior_lr, betas=tuple(hp.prior_betas),
                                  weight_decay=hp.prior_weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = warmup_schedule(weights, total, 0, "cosine", min_ratio=min(1.0, hp.lr_min / hp.lr) if hp.lr > 0 else 0.0)
+        min_ratio = min(1.0, hp.lr_min / hp.lr) if hp.lr > 0 else 0.0
+        schedule = warmup_schedule(weights, total, 0, "cosine", min_ratio=min_ratio)
         return [weights, prior], [{"scheduler": schedule, "interval": "step"}]
 
     # --- outputs ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing_extensions import override
 from lightning_nas.arch import Arch, save_arch
 from lightning_nas.callbacks.path_sampling import PathSampling, step_generator
 from lightning_nas.modules.optim import build_optimizer, split_decay
+from lightning_nas.modules.single_path import FixedPathValidation
 from lightning_nas.modules.spos import check_space_checkpoint
 from lightning_nas.spaces.base import SearchSpace
 from lightning_nas.strategies.binary_gates import (
@@ -61,7 +62,7 @@ class ProxylessSchedule:
         return 0.5 * (1 + math.cos(math.pi * t))
 
 
-class ProxylessModule(LightningModule):
+class ProxylessModule(FixedPathValidation, LightningModule):
     """Search a space of op choices with ProxylessNAS.
 
     Args:
@@ -374,22 +375,8 @@ class ProxylessModule(LightningModule):
         return self.transfer_batch_to_device(batch, self.device, 0)
 
     # --- validation on the most probable arch ---------------------------------------------
-    @override
-    def on_validation_start(self) -> None:
-        self._train_arch = self.space.active_arch
-        self.space.activate(self.best_arch(), validate=False)
-
-    @override
-    def on_validation_end(self) -> None:
-        if self._train_arch is not None:
-            self.space.activate(self._train_arch, validate=False)
-
-    @override
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.space(x)
-        acc = (logits.argmax(1) == y).float().mean()
-        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, batch_size=len(y), sync_dist=True)
+    def validation_arch(self) -> Arch:
+        return self.best_arch()
 
     # --- optimisation ---------------------------------------------------------------------
     @override

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_nas.arch import Arch
 from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
-from lightning_nas.nn.layer_choice import LayerChoice
+from lightning_nas.modules.single_path import FixedPathValidation
 from lightning_nas.spaces.base import SearchSpace
+from lightning_nas.strategies.binary_gates import inactive_parameters
 
 
-class SPOSModule(LightningModule):
+class SPOSModule(FixedPathValidation, LightningModule):
     """Train a supernet one uniformly sampled path at a time.
 
     Args:
@@ -47,7 +48,6 @@ class SPOSModule(LightningModule):
         self.save_hyperparameters(ignore=["space"])
         self.space = space
         self._inactive_cache: dict[tuple[int, int], list[nn.Parameter]] = {}
-        self._train_arch: dict[str, Any] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.space(x)
@@ -63,15 +63,7 @@ class SPOSModule(LightningModule):
 
     def inactive_parameters(self) -> list[nn.Parameter]:
         """Parameters of the candidates the active path does not run."""
-        out: list[nn.Parameter] = []
-        for choice in self.space.choice_modules():
-            if isinstance(choice, LayerChoice) and not isinstance(choice._index, Tensor):
-                key = (id(choice), choice._index)
-                if key not in self._inactive_cache:
-                    active = {id(p) for p in choice._modules_list[choice._index].parameters()}
-                    self._inactive_cache[key] = [p for p in choice.parameters() if id(p) not in active]
-                out.extend(self._inactive_cache[key])
-        return out
+        return inactive_parameters(self.space, self._inactive_cache)
 
     @override
     def on_after_backward(self) -> None:
@@ -80,22 +72,8 @@ class SPOSModule(LightningModule):
             p.grad = None
 
     # --- validation on a fixed path -------------------------------------------------------
-    @override
-    def on_validation_start(self) -> None:
-        self._train_arch = self.space.active_arch
-        self.space.activate(self.space.sample(step_generator(self.hparams.val_seed, 0)), validate=False)
-
-    @override
-    def on_validation_end(self) -> None:
-        if self._train_arch is not None:
-            self.space.activate(self._train_arch, validate=False)
-
-    @override
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.space(x)
-        acc = (logits.argmax(1) == y).float().mean()
-        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, batch_size=len(y), sync_dist=True)
+    def validation_arch(self) -> Arch:
+        return self.space.sample(step_generator(self.hparams.val_seed, 0))
 
     # --- optimisation ---------------------------------------------------------------------
     @override

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, affine_batchnorm
-from lightning_nas.nn.quantize import FLOAT_BITS, BitChoice, QuantConv2d, QuantLinear, _frozen_conv, _frozen_linear
+from lightning_nas.nn.quantize import QuantConv2d, QuantLinear, _frozen_conv, _frozen_linear
 
 
 @dataclass(frozen=True)

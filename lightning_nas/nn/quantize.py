@@ -76,7 +76,8 @@ class _QuantMixin(Choice):
     abits: int
 
     def _init_quant(self, wbits: int, abits: int, act_signed: bool, per_channel: bool, bits: BitChoice | None) -> None:
-        self.wbits, self.abits, self.act_signed, self.per_channel, self.bits = wbits, abits, act_signed, per_channel, bits
+        self.wbits, self.abits, self.bits = wbits, abits, bits
+        self.act_signed, self.per_channel = act_signed, per_channel
         self.act_momentum = 0.1
         self.register_buffer("act_max", torch.zeros(()))
 

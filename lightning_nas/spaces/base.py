@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_nas.arch import Arch, ArchError, check_arch, values_equal
+from lightning_nas.arch import Arch, check_arch, values_equal
 from lightning_nas.nn.choice import Choice, freeze_module
 
 

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import pytest
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 

@@ -24,7 +24,8 @@ SMALL = {"population": 6, "topk": 3, "mutations": 2, "crossovers": 2, "generatio
 @pytest.fixture
 def synthetic_costs(monkeypatch):
     """Table-free costs: a new TinySpace per test would otherwise build its cost tables each time."""
-    monkeypatch.setattr(constraints_mod, "cost_function", lambda space, metric, table=None: partial(synthetic_macs, space))
+    monkeypatch.setattr(constraints_mod, "cost_function",
+                        lambda space, metric, table=None: partial(synthetic_macs, space))
     monkeypatch.setattr(constraints_mod, "cost_bounds", lambda space, metric, table=None: (8.0, 90.0))
 
 

@@ -13,10 +13,26 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from lightning_nas.cost.hardware import (BitFlexibleAccelerator, BitOps, BitSerialAccelerator, LayerProfile,
-                                         ModelSize, cost_lookup, fit_budget, policy_cost, profile_layers)
-from lightning_nas.modules.haq import (HAQModule, QuantizedNetwork, action_to_bits, apply_policy, load_network,
-                                       quant_layers, quantize_network)
+from lightning_nas.cost.hardware import (
+    BitFlexibleAccelerator,
+    BitOps,
+    BitSerialAccelerator,
+    LayerProfile,
+    ModelSize,
+    cost_lookup,
+    fit_budget,
+    policy_cost,
+    profile_layers,
+)
+from lightning_nas.modules.haq import (
+    HAQModule,
+    QuantizedNetwork,
+    action_to_bits,
+    apply_policy,
+    load_network,
+    quant_layers,
+    quantize_network,
+)
 from lightning_nas.nn.quantize import quantize_weight
 from tests.helpers.tiny_space import TinyDataModule
 
