@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from typing_extensions import override
 
 from lightning_nas.arch import Arch, save_arch
+from lightning_nas.callbacks.protocols import SearchableModule, require_space
 from lightning_nas.search import constraints as _constraints
 from lightning_nas.search.constraints import Constraint
 from lightning_nas.search.evaluate import (
@@ -47,13 +48,6 @@ __all__ = ["EvolutionSearch", "SearchableModule"]
 
 STATE_FILE = "search_state.json"
 STATE_FORMAT = 1
-
-
-@runtime_checkable
-class SearchableModule(Protocol):
-    """What :class:`EvolutionSearch` needs from a LightningModule: the supernet as ``space``."""
-
-    space: SearchSpace
 
 
 @dataclass
@@ -132,12 +126,7 @@ class EvolutionSearch(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate") or (stage == "validate" and not self.run_on_validate):
             return
-        if not isinstance(pl_module, SearchableModule) or not isinstance(pl_module.space, SearchSpace):
-            found = type(getattr(pl_module, "space", None)).__name__
-            raise MisconfigurationException(
-                f"EvolutionSearch needs {type(pl_module).__name__} to have a `space` attribute that is a "
-                f"lightning_nas.spaces.SearchSpace (found {found}): it activates and scores archs of that supernet."
-            )
+        require_space(pl_module, "EvolutionSearch")
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "val_dataloader") or not hasattr(dm, "train_dataloader"):
             raise MisconfigurationException(

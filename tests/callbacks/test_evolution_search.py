@@ -105,7 +105,7 @@ def test_module_without_space_is_refused(tmp_path):
 
     trainer = Trainer(accelerator="cpu", logger=False, callbacks=[EvolutionSearch(**SMALL)], max_epochs=1,
                       enable_progress_bar=False)
-    with pytest.raises(MisconfigurationException, match="NoSpace to have a `space` attribute"):
+    with pytest.raises(MisconfigurationException, match="EvolutionSearch needs a module with a `space`.*NoSpace"):
         trainer.fit(NoSpace(), TinyDataModule())
 
 

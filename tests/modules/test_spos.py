@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_nas.callbacks import PathSampling
 from lightning_nas.cost import cost_of
@@ -114,7 +115,7 @@ def test_constrained_bins_outside_the_space_are_refused() -> None:
 def test_path_sampling_needs_a_space() -> None:
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    with pytest.raises(TypeError, match="PathSampling needs a module with a `space`"):
+    with pytest.raises(MisconfigurationException, match="PathSampling needs a module with a `space`"):
         PathSampling().setup(None, BoringModel(), "fit")  # type: ignore[arg-type]
 
 
