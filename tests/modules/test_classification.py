@@ -1,0 +1,86 @@
+"""ClassificationModule: the network it builds, its optimiser groups and schedule, and a short real fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+from lightning_nas.arch import save_arch
+from lightning_nas.datamodules import DigitsDataModule
+from lightning_nas.modules import ClassificationModule
+from lightning_nas.modules.optim import split_decay, warmup_schedule
+from lightning_nas.spaces import ShuffleNetSpace
+
+TINY = dict(num_classes=10, input_size=32, width_mult=0.25, stage_depths=(1, 1, 1, 1), head_channels=64)
+
+
+def test_exactly_one_network_source() -> None:
+    with pytest.raises(ValueError, match="exactly one of model, network or arch"):
+        ClassificationModule()
+    with pytest.raises(ValueError, match="exactly one"):
+        ClassificationModule(network="resnet18", model=nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="give the `space`"):
+        ClassificationModule(arch="found.json")
+
+
+def test_arch_json_exports_and_reinitialises(tmp_path: Path) -> None:
+    space = ShuffleNetSpace(**TINY)
+    arch = space.sample(torch.Generator().manual_seed(0))
+    path = save_arch(arch, tmp_path / "a.json", space)
+    scratch = ClassificationModule(space=space, arch=str(path), init="scratch")
+    inherit = ClassificationModule(space=space, arch=str(path), init="inherit")
+    assert not any(type(m).__name__ in ("LayerChoice", "DynamicConv2d") for m in scratch.net.modules())
+    same = [torch.equal(a, b) for a, b in zip(scratch.net.parameters(), inherit.net.parameters()) if a.ndim > 1]
+    assert not all(same), "init='scratch' kept the supernet weights"
+    space.eval().activate(arch)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(inherit.eval()(x), space(x), atol=1e-5, rtol=1e-4)
+
+
+def test_published_arch_by_name_is_built_at_the_data_size() -> None:
+    module = ClassificationModule(arch="mobilenet_v2", num_classes=7, input_size=32)
+    assert module(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_no_weight_decay_on_batchnorm_and_biases() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.randn(1, 3, 5, 5))
+    decay, no_decay = split_decay(net, 0.1)
+    assert {p.ndim for p in decay["params"]} == {2, 4} and decay["weight_decay"] == 0.1
+    assert {p.ndim for p in no_decay["params"]} == {1} and no_decay["weight_decay"] == 0.0
+
+
+def test_warmup_then_cosine() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_schedule(opt, total_steps=10, warmup_steps=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 0.1
+    with pytest.raises(ValueError, match="lr decay"):
+        warmup_schedule(opt, 10, decay="step")
+
+
+def test_fit_on_digits_learns_and_reports_top1_top5(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = ClassificationModule(space=ShuffleNetSpace(**TINY), arch=str(_arch_file(tmp_path)), lr=0.1,
+                                  warmup_epochs=0.5, label_smoothing=0.0)
+    trainer = Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    dm = DigitsDataModule(batch_size=64)
+    trainer.fit(module, dm)
+    result = trainer.test(module, dm, verbose=False)[0]
+    assert result["test/acc"] > 0.5  # chance is 0.1
+    assert result["test/acc_top5"] >= result["test/acc"]
+
+
+def _arch_file(tmp_path: Path) -> Path:
+    space = ShuffleNetSpace(**TINY)
+    return save_arch({k: "shuffle3x3" for k in space.decisions()}, tmp_path / "arch.json", space)
