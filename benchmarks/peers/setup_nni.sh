@@ -15,15 +15,19 @@ if [ ! -x "$NNI_VENV/bin/python" ]; then
   "$PY" -m venv "$NNI_VENV"
 fi
 PIP="$NNI_VENV/bin/pip"
-"$PIP" install -q --upgrade pip setuptools wheel
+"$PIP" install -q --upgrade pip wheel
 # 1. torch from the local cache (same build as the main venv).
 "$PIP" install -q "$TORCH_PIN" "$TV_PIN"
 # 2. Lightning + metrics (NNI 3.0's oneshot strategies import pytorch_lightning).
 "$PIP" install -q "$PL_PIN" torchmetrics
 # 3. NNI itself; --no-deps first keeps pip from replacing torch, then its runtime deps by hand.
 "$PIP" install -q --no-deps "nni==3.0"
-"$PIP" install -q astor cloudpickle colorama filelock json_tricks numpy packaging pandas prettytable \
-  psutil PythonWebHDFS PyYAML requests responses schema scikit-learn scipy tqdm typeguard typing_extensions websockets
+# (the pins are nni 3.0's own: typeguard<4.1.3, filelock<3.12)
+"$PIP" install -q astor cloudpickle colorama "filelock<3.12" json_tricks numpy nvidia-ml-py packaging pandas prettytable \
+  psutil PythonWebHDFS PyYAML requests responses schema scikit-learn scipy tqdm "typeguard>=3.0.0,<4.1.3" typing_extensions websockets
+# Last: pytorch-lightning 2.0.x (lightning_fabric) imports pkg_resources, which setuptools 81+ dropped;
+# torch 2.14 asks for setuptools>=77.
+"$PIP" install -q --no-deps "setuptools>=77,<81"
 "$NNI_VENV/bin/python" - <<'PY'
 import torch, pytorch_lightning, nni
 print("torch", torch.__version__, "| pytorch_lightning", pytorch_lightning.__version__, "| nni", nni.__version__)

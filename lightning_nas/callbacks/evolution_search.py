@@ -76,6 +76,8 @@ class EvolutionSearch(Callback):
         output_dir: where outputs go (default: ``trainer.log_dir``).
         latency_table: path of a ``lightning_nas.cost.LatencyTable`` for ``latency_ms`` constraints.
         run_on_validate: also search when the trainer runs ``validate`` (serve new budgets from one checkpoint).
+        test_best: after the search, score each best arch on the datamodule's test split (reported and saved in
+            its arch JSON; the search itself never sees the test split).
 
     Outputs (rank 0, in ``output_dir``): ``best_arch.json`` (``best_arch_<constraint>.json`` with several
     constraints), ``search_history.jsonl``, ``search_topk.md``, ``search_pareto.png`` and
@@ -92,7 +94,7 @@ class EvolutionSearch(Callback):
         constraints: Sequence[Mapping[str, Any] | Constraint] | None = None, strategy: str = "evolution",
         calib_images: int = 20000, calib_batch_size: int | None = None, val_batches: int | None = None,
         seed: int = 0, output_dir: str | None = None, latency_table: str | None = None,
-        run_on_validate: bool = False,
+        run_on_validate: bool = False, test_best: bool = False,
     ) -> None:
         if strategy not in ("evolution", "random"):
             raise ValueError(f"EvolutionSearch strategy must be 'evolution' or 'random', got {strategy!r}.")
@@ -105,7 +107,8 @@ class EvolutionSearch(Callback):
             raise ValueError(f"Constraint names must differ, got {names}; give each a 'name'.")
         self.strategy, self.seed, self.run_on_validate = strategy, seed, run_on_validate
         self.calib_images, self.calib_batch_size, self.val_batches = calib_images, calib_batch_size, val_batches
-        self.output_dir, self.latency_table_path = output_dir, latency_table
+        self.output_dir, self.latency_table_path, self.test_best = output_dir, latency_table, test_best
+        self.test_scores: dict[str, float] = {}
         self.history: list[Record] = []
         self.best: dict[str, Record] = {}
         self._runs: list[EvolutionState] = []
@@ -189,8 +192,11 @@ class EvolutionSearch(Callback):
                 legal = (lambda a, c=c: c.satisfied(costs(a))) if c is not None else (lambda a: True)
                 evolve(decisions, config, score, is_legal=legal, costs=costs, seed=self.seed, run=i, state=run,
                        on_generation=saved)
+            self._select_best()
+            self.test_scores = self._test_best(trainer, pl_module) if self.test_best and not minimal else {}
         bar.close()
-        self._finish(trainer, space, out_dir)
+        if trainer.is_global_zero:
+            _report(self, trainer, space, out_dir)
         return self.best
 
     def score_arch(self, trainer: Trainer, pl_module: LightningModule, arch: Arch) -> float:
@@ -292,15 +298,29 @@ class EvolutionSearch(Callback):
                 space.activate(previous, validate=False)
             self._buffers, self._data = {}, None
 
-    def _finish(self, trainer: Trainer, space: SearchSpace, out_dir: Path | None) -> None:
+    def _test_best(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """Top-1 of each best arch on the test split (after the search; the search never sees it)."""
+        dm = trainer.datamodule
+        if not callable(getattr(dm, "test_dataloader", None)):
+            return {}
+        test = collect_batches(dm.test_dataloader(), None, pl_module.device)
+        data, space = self._search_data(trainer, pl_module), pl_module.space  # type: ignore[attr-defined]
+        context = trainer.precision_plugin.forward_context
+        scores = {}
+        for name, rec in self.best.items():
+            restore_buffers(space, self._buffers)
+            space.activate(rec["arch"])
+            recalibrate_bn(space, data.calib, context=context)
+            scores[name] = accuracy(space, test, context=context)
+        return scores
+
+    def _select_best(self) -> None:
         self.history = [r for run in self._runs for r in run.history]
         self.best = {}
         for run, c in zip(self._runs, self.constraints or [None]):
             legal = [r for r in self.history if c is None or c.satisfied(r["costs"])]
             if legal:
                 self.best[run.name] = top_k(legal, 1)[0]
-        if trainer.is_global_zero:
-            _report(self, trainer, space, out_dir)
 
 
 def _gather(trainer: Trainer, local: list[float], total: int, device: torch.device) -> list[float]:
@@ -330,8 +350,9 @@ def _report(search: EvolutionSearch, trainer: Trainer, space: SearchSpace, out_d
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, rec in search.best.items():
             path = out_dir / ("best_arch.json" if len(search._runs) == 1 else f"best_arch_{name}.json")
+            extra = {"test_acc": search.test_scores[name]} if name in search.test_scores else {}
             files[name] = save_arch(rec["arch"], path, space, score=rec["score"], costs=rec["costs"], constraint=name,
-                                    strategy=search.strategy)
+                                    strategy=search.strategy, **extra)
         with open(out_dir / "search_history.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in search.history)
         (out_dir / "search_topk.md").write_text(_topk_markdown(search))
@@ -353,7 +374,10 @@ def summary_lines(search: EvolutionSearch) -> list[str]:
         median = random_scores[len(random_scores) // 2] if random_scores else float("nan")
         costs = ", ".join(f"{k}={v:.4g}" for k, v in best["costs"].items())
         lines.append(f"EvolutionSearch [{run.name}]: best arch scores {best['score']:.4f} ({costs}); median of the "
-                     f"{len(random_scores)} random archs of generation 0: {median:.4f}")
+                     f"{len(random_scores)} random archs of generation 0: {median:.4f} (held-out validation split)")
+        if run.name in search.test_scores:
+            lines.append(f"  best arch on the test split (inherited weights, BN re-calibrated): "
+                         f"{search.test_scores[run.name]:.4f}")
         lines.append(f"  best arch: {json.dumps(best['arch'])}")
     return lines
 

@@ -190,3 +190,23 @@ def test_ddp_ranks_agree(tmp_path):
     assert ranks[0] == ranks[1]
     assert len(ranks[0]["history"]) == ranks[0]["cache"] == 2 * SMALL["population"]
     assert load_arch(tmp_path / "best_arch.json")["block0.op"] == ranks[0]["best"]["unconstrained"]["arch"]["block0.op"]
+
+
+class SplitDataModule(TinyDataModule):
+    """TinyDataModule with a test split, for ``test_best``."""
+
+    def test_dataloader(self):  # noqa: D102
+        return torch.utils.data.DataLoader(self._data(24, 2), batch_size=self.batch_size)
+
+
+def test_best_arch_scored_on_the_test_split_after_the_search(tmp_path, synthetic_costs, caplog):
+    search = EvolutionSearch(**SMALL, output_dir=str(tmp_path), test_best=True)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                      num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=[search])
+    with caplog.at_level("INFO"):
+        trainer.fit(TinyModule(), SplitDataModule())
+    (name,) = search.best
+    assert 0.0 <= search.test_scores[name] <= 1.0
+    assert json.loads((tmp_path / "best_arch.json").read_text())["test_acc"] == search.test_scores[name]
+    assert "median of the" in caplog.text and "on the test split" in caplog.text
