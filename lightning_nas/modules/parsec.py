@@ -332,6 +332,7 @@ class PARSECModule(FixedPathValidation, LightningModule):
             if factor > 0.0:  # the same on every rank: an underflowed weight skips its backward everywhere
                 self.manual_backward(ce.mean() * factor)
             losses.append(ce.detach().mean())
+            del ce  # a skipped arch's graph must not live on beside the next arch's (memory of one arch)
         weights = acc.finish().to(self.device, torch.float32)
         if self.hparams.grad_clip > 0:
             self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
