@@ -205,6 +205,14 @@ def darts_alphas(space: DartsCellSpace, gen: torch.Generator) -> dict[str, nn.Pa
             for t in CELL_TYPES for i in range(nodes) for j in range(i + 2)}
 
 
+def _one_arch_loss(space: DartsCellSpace, arch: dict, x: Tensor, y: Tensor) -> Callable[[], Tensor]:
+    def loss() -> Tensor:
+        space.activate(arch)
+        return F.cross_entropy(space(x), y)
+
+    return loss
+
+
 def main(argv: list[str] | None = None) -> None:
     bench = Bench("parsec_memory", "Saved-activation peak and step time of PARSEC's weight step (K archs, each "
                   "forward+backward before the next) over one arch's, next to an all-ops DARTS mixed cell.")
@@ -240,8 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         sp = make_space(channels, layers, n_ops).train()
         alphas = darts_alphas(sp, gen)
         params = list(sp.parameters()) + list(alphas.values())
-        ones = [saved_activation_bytes(lambda a=sp.sample(gen): (sp.activate(a), F.cross_entropy(sp(x), y))[1],
-                                       params) for _ in range(3)]
+        ones = [saved_activation_bytes(_one_arch_loss(sp, sp.sample(gen), x, y), params) for _ in range(3)]
 
         def darts_loss(sp: DartsCellSpace = sp, alphas: dict = alphas) -> Tensor:
             with mixed_cells(sp, alphas):
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                "strategy.reduce is the identity, manual_backward is loss.backward(), clip_gradients is "
                "clip_grad_norm_, its own configure_optimizers' SGD and cosine schedule, logging off, prior step off).")
     bench.note("parsec_mem_ratio_K*: peak live saved-activation bytes over the K-arch step / the same peak of the "
-               "largest of the same K archs' forward+backward alone (worst over the step indices); parsec_mem_ratio: worst over all K. "
+               "largest of the same K archs' forward+backward alone (worst over the step indices); "
+               "parsec_mem_ratio: worst over all K. "
                "vs_median_arch: the same peak over the median arch's, which grows with K only because a larger "
                "arch is likelier among more samples.")
     bench.note("darts_mem_ratio_N_ops: a DARTS mixed-cell forward (every candidate op on every edge, softmax-weighted "
