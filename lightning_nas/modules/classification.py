@@ -73,6 +73,10 @@ class ClassificationModule(LightningModule):
         warmup_epochs: linear warm-up length.
         lr_decay: ``"cosine"``, ``"linear"`` or ``"constant"`` after warm-up.
         label_smoothing: label smoothing of the cross-entropy.
+        aux_weight: weight of an auxiliary head's loss, for networks whose training forward returns
+            ``(logits, aux_logits)`` (DARTS-style retraining; 0.4 as DARTS).
+        drop_path: for networks with a ``drop_path_prob`` attribute, its final value; it ramps linearly from 0
+            over the epochs, as DARTS retrains (0 keeps the network's own setting).
     """
 
     def __init__(
@@ -80,7 +84,7 @@ class ClassificationModule(LightningModule):
         arch: str | None = None, init: str = "scratch", num_classes: int = 10, input_size: int = 32,
         optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
         weight_decay: float = 5e-4, warmup_epochs: float = 0.0, lr_decay: str = "cosine",
-        label_smoothing: float = 0.1,
+        label_smoothing: float = 0.1, aux_weight: float = 0.4, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "space"])
@@ -94,10 +98,22 @@ class ClassificationModule(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.drop_path > 0 and hasattr(self.net, "drop_path_prob"):
+            epochs = max(1, self.trainer.max_epochs or 1)
+            self.net.drop_path_prob = self.hparams.drop_path * self.current_epoch / epochs
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        out = self(x)
+        smoothing = self.hparams.label_smoothing
+        if isinstance(out, (tuple, list)):  # (logits, auxiliary logits)
+            logits = out[0]
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+            loss = loss + self.hparams.aux_weight * F.cross_entropy(out[1], y, label_smoothing=smoothing)
+        else:
+            logits = out
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         acc = (logits.argmax(1) == y).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, batch_size=len(y))
         return loss

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+import torch.nn.functional as F
+from lightning.pytorch import Callback, Trainer
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_nas.arch import save_arch
 from lightning_nas.datamodules import DigitsDataModule
@@ -84,3 +86,42 @@ def test_fit_on_digits_learns_and_reports_top1_top5(tmp_path: Path) -> None:
 def _arch_file(tmp_path: Path) -> Path:
     space = ShuffleNetSpace(**TINY)
     return save_arch({k: "shuffle3x3" for k in space.decisions()}, tmp_path / "arch.json", space)
+
+
+class _AuxNet(nn.Module):
+    """A network with DARTS' retraining interface: (logits, aux) in training and a drop_path_prob."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.aux, self.drop_path_prob = nn.Linear(4, 3), nn.Linear(4, 3), 0.0
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        x = x.flatten(1)
+        return (self.body(x), self.aux(x)) if self.training else self.body(x)
+
+
+class _RecordDropPath(Callback):
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: ClassificationModule, *args: object) -> None:
+        if trainer.fit_loop.epoch_loop.batch_idx == 0:  # the module's epoch hook has run
+            self.seen.append(pl_module.net.drop_path_prob)
+
+
+def test_auxiliary_loss_and_drop_path_ramp(tmp_path: Path) -> None:
+    module = ClassificationModule(model=_AuxNet(), num_classes=3, aux_weight=0.4, drop_path=0.2,
+                                  label_smoothing=0.0)
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
+    module.log_dict = lambda *a, **k: None  # no trainer attached
+    loss = module.training_step((x, y), 0)
+    net = module.net
+    expected = F.cross_entropy(net.body(x), y) + 0.4 * F.cross_entropy(net.aux(x), y)
+    torch.testing.assert_close(loss, expected)
+
+    record = _RecordDropPath()
+    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(3, (16,))), batch_size=8)
+    Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[record], default_root_dir=tmp_path).fit(
+        ClassificationModule(model=_AuxNet(), num_classes=3, drop_path=0.2), data)
+    assert record.seen == pytest.approx([0.0, 0.05, 0.1, 0.15])
