@@ -158,14 +158,15 @@ class VisionDataModule(LightningDataModule):
     Args:
         data_dir: Folder holding the data set's files.
         batch_size: Samples per batch.
-        num_workers: Loader worker processes; 0 loads in the main process.
+        num_workers: Loader worker processes; 0 loads in the main process; ``None``: the data set's default
+            (``min(max_default_workers, cpu count)``).
         val_split: Fraction of the training set held out as the validation split, in (0, 1).
         seed: Seed of the held-out split (and of the calibration batches).
         pin_memory: Pin batches for faster host-to-GPU copies (only when CUDA is available).
         persistent_workers: Keep workers alive between epochs (only when ``num_workers > 0``).
         drop_last: Drop the last incomplete training batch.
         prefetch_factor: Batches each worker loads ahead (only when ``num_workers > 0``);
-            ``None`` keeps PyTorch's default.
+            ``None``: the data set's default (PyTorch's when it has none).
         train_transforms: Replace :meth:`default_train_transforms`.
         eval_transforms: Replace :meth:`default_eval_transforms`.
 
@@ -179,12 +180,14 @@ class VisionDataModule(LightningDataModule):
     in_channels: int = 3
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    max_default_workers: ClassVar[int] = 0  # num_workers=None: min(this, cpu count) workers
+    default_prefetch_factor: ClassVar[int | None] = None
 
     def __init__(
         self,
         data_dir: str = ".",
         batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         val_split: float = 0.1,
         seed: int = 42,
         pin_memory: bool = True,
@@ -195,6 +198,10 @@ class VisionDataModule(LightningDataModule):
         eval_transforms: Transform | None = None,
     ) -> None:
         super().__init__()
+        if num_workers is None:
+            num_workers = default_num_workers(self.max_default_workers) if self.max_default_workers else 0
+        if prefetch_factor is None:
+            prefetch_factor = self.default_prefetch_factor
         check_val_split(val_split)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be at least 1.")

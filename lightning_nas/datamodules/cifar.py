@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from lightning_nas.datamodules.base import DataRootError, Transform, VisionDataModule, default_num_workers
+from lightning_nas.datamodules.base import DataRootError, Transform, VisionDataModule
 
 
 class _CIFAR10Files(datasets.CIFAR10):
@@ -70,32 +70,10 @@ class CIFAR10DataModule(VisionDataModule):
     dataset_cls: ClassVar[type[datasets.CIFAR10]] = _CIFAR10Files
     archive_name: ClassVar[str] = "cifar-10-python.tar.gz (170 MB)"
 
-    def __init__(
-        self,
-        data_dir: str = ".",
-        batch_size: int = 128,
-        num_workers: int = default_num_workers(4),
-        val_split: float = 0.1,
-        seed: int = 42,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = False,
-        download: bool = False,
-        train_transforms: Transform | None = None,
-        eval_transforms: Transform | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            train_transforms=train_transforms,
-            eval_transforms=eval_transforms,
-        )
+    max_default_workers: ClassVar[int] = 4
+
+    def __init__(self, data_dir: str = ".", *, download: bool = False, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
         self.download = download
 
     def default_train_transforms(self) -> Transform:

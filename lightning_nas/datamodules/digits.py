@@ -8,7 +8,7 @@ digits 0–9, values 0–16) inside its package, so this datamodule needs no dow
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -162,31 +162,8 @@ class DigitsDataModule(VisionDataModule):
     mean: tuple[float, ...] = (0.3053, 0.3053, 0.3053)
     std: tuple[float, ...] = (0.3236, 0.3236, 0.3236)
 
-    def __init__(
-        self,
-        data_dir: str = ".",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_split: float = 0.1,
-        seed: int = 42,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = False,
-        train_transforms: Transform | None = None,
-        eval_transforms: Transform | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            train_transforms=train_transforms,
-            eval_transforms=eval_transforms,
-        )
+    def __init__(self, data_dir: str = ".", **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
         self._splits: tuple[TensorImages, TensorImages] | None = None
 
     def default_train_transforms(self) -> Transform:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset
@@ -14,7 +14,6 @@ from lightning_nas.datamodules.base import (
     DataRootError,
     Transform,
     VisionDataModule,
-    default_num_workers,
     read_image_rgb,
 )
 
@@ -58,41 +57,18 @@ class ImageNetDataModule(VisionDataModule):
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
-    def __init__(
-        self,
-        data_dir: str = ".",
-        batch_size: int = 128,
-        num_workers: int = default_num_workers(8),
-        val_split: float = 0.1,
-        seed: int = 42,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = False,
-        prefetch_factor: int | None = 4,
-        input_size: int = 224,
-        color_jitter: float = 0.0,
-        train_transforms: Transform | None = None,
-        eval_transforms: Transform | None = None,
-    ) -> None:
+    max_default_workers: ClassVar[int] = 8
+    default_prefetch_factor: ClassVar[int | None] = 4
+
+    def __init__(self, data_dir: str = ".", *, input_size: int = 224, color_jitter: float = 0.0,
+                 **kwargs: Any) -> None:
         if input_size < 1:
             raise ValueError(f"input_size={input_size!r} must be a positive number of pixels, e.g. 224.")
         if color_jitter < 0:
             raise ValueError(f"color_jitter={color_jitter!r} must be 0 (off) or positive, e.g. 0.4.")
         self.input_size = input_size
         self.color_jitter = color_jitter
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            prefetch_factor=prefetch_factor,
-            train_transforms=train_transforms,
-            eval_transforms=eval_transforms,
-        )
+        super().__init__(data_dir, **kwargs)
 
     @property
     def eval_resize(self) -> int:

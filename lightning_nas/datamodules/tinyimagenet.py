@@ -14,7 +14,6 @@ from lightning_nas.datamodules.base import (
     DataRootError,
     Transform,
     VisionDataModule,
-    default_num_workers,
     read_image_rgb,
 )
 
@@ -98,32 +97,7 @@ class TinyImageNetDataModule(VisionDataModule):
     in_channels: int = 3
     mean: tuple[float, ...] = (0.4802, 0.4481, 0.3975)
     std: tuple[float, ...] = (0.2770, 0.2691, 0.2821)
-
-    def __init__(
-        self,
-        data_dir: str = ".",
-        batch_size: int = 128,
-        num_workers: int = default_num_workers(8),
-        val_split: float = 0.1,
-        seed: int = 42,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = False,
-        train_transforms: Transform | None = None,
-        eval_transforms: Transform | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            train_transforms=train_transforms,
-            eval_transforms=eval_transforms,
-        )
+    max_default_workers: ClassVar[int] = 8
 
     @property
     def root(self) -> str:
