@@ -3,7 +3,8 @@
 Each benchmark module (``benchmarks/<name>.py``; helpers are ``common``, ``report`` and ``_*``) runs as
 ``python -m benchmarks.<name> [--quick]`` in its own process and prints one JSON object on its last
 stdout line; it is saved to ``benchmarks/results/<name>.json``, then ``BENCHMARKS.md`` is rewritten from
-every JSON file there.
+every JSON file there. ``--quick`` is a smoke run: its JSON goes to ``benchmarks/results_quick/`` and its page to
+``benchmarks/results_quick/BENCHMARKS.md`` (not committed), so it never replaces the full figures.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only rewrite BENCHMARKS.md from the saved JSON")
     args = parser.parse_args(argv)
-    results = HERE / "results"
+    results = HERE / ("results_quick" if args.quick else "results")
     results.mkdir(exist_ok=True)
+    page = results / "BENCHMARKS.md" if args.quick else HERE.parent / "BENCHMARKS.md"
+    start = time.perf_counter()
     failed = []
     if not args.report:
         extra = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)]
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
             else:
                 (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {render(results, HERE.parent / 'BENCHMARKS.md')}", file=sys.stderr)
+    print(f"wrote {render(results, page)} ({time.perf_counter() - start:.0f} s in all)", file=sys.stderr)
     return 1 if failed else 0
 
 

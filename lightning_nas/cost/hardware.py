@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,7 +271,7 @@ def policy_cost(table: CostLookup, policy: Sequence[Sequence[int]]) -> float:
 
 
 def fit_budget(policy: Sequence[Sequence[int]], table: CostLookup, target: float, min_bits: int,
-               lower_abits: bool = True) -> Policy:
+               lower_abits: bool = True, pinned: Collection[int] = ()) -> Policy:
     """Lower bits until ``policy`` costs at most ``target`` (HAQ's final action wall).
 
     Walks layers last → first, lowering each layer's activation bits and then its weight bits by one,
@@ -284,6 +284,7 @@ def fit_budget(policy: Sequence[Sequence[int]], table: CostLookup, target: float
         target: the budget.
         min_bits: the lowest bit-width allowed.
         lower_abits: lower activation bits too (``False`` for models where they cost nothing).
+        pinned: indices of layers whose bits are never lowered (HAQ keeps the first and last at 8 bits).
 
     Returns:
         The fitted policy (a new list).
@@ -292,8 +293,9 @@ def fit_budget(policy: Sequence[Sequence[int]], table: CostLookup, target: float
     slots = (1, 0) if lower_abits else (0,)
     while policy_cost(table, bits) > target:
         changed = False
-        for layer in reversed(bits):
-            for slot in slots:
+        for i in reversed(range(len(bits))):
+            layer = bits[i]
+            for slot in slots if i not in pinned else ():
                 if layer[slot] > min_bits:
                     layer[slot] -= 1
                     changed = True

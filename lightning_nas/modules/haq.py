@@ -9,7 +9,9 @@ walks the layers first → last, choosing weight bits then activation bits for e
 hardware budget (:func:`~lightning_nas.cost.hardware.fit_budget`), the network is quantized with it,
 activation ranges are calibrated on fixed training batches, optionally fine-tuned for a few batches, and
 scored on the held-out validation split. Reward ``0.1 × (acc_quant − acc_float)`` (accuracies in %) for
-every transition of the episode. The float weights are restored after every episode.
+every transition of the episode. The float weights are restored after every episode. As the official
+environment does, the first and the last layer are kept at ``max_bits`` (8) for weights and activations
+whatever the agent chose (``keep_first_last``); the budget walk never lowers them.
 
 Lightning design: the trainer's training loop is the episode clock. Each training step runs one whole
 episode (the batch it is given is not used: episodes score every policy on the *same* cached
@@ -323,6 +325,8 @@ class HAQModule(LightningModule):
         seed: the agent's seed.
         output_dir: where ``best_policy.json`` goes (default: the trainer's ``default_root_dir``).
         compare: evaluate uniform 8-bit and 4-bit next to the best policy at fit end.
+        keep_first_last: keep the first and last layer at ``max_bits`` (official: 8/8); the agent still acts
+            for them (its transitions are learned from), its choice is overridden.
     """
 
     def __init__(
@@ -334,7 +338,7 @@ class HAQModule(LightningModule):
         reward_scale: float = 0.1, actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01,
         discount: float = 1.0, agent_batch_size: int = 64, replay_per_layer: int = 128, hidden: int = 300,
         init_noise: float = 0.5, noise_decay: float = 0.99, seed: int = 0, output_dir: str | None = None,
-        compare: bool = True,
+        compare: bool = True, keep_first_last: bool = True,
     ) -> None:
         super().__init__()
         if not 2 <= min_bits <= max_bits < FLOAT_BITS:
@@ -396,12 +400,13 @@ class HAQModule(LightningModule):
         self._table = cost_lookup(self.hardware, self.layers, hp.max_bits)
         self.full_cost = policy_cost(self._table, [(hp.max_bits, hp.max_bits)] * len(self.layers))
         self.target = hp.budget_ratio * self.full_cost
-        low = policy_cost(self._table, [(hp.min_bits, hp.min_bits if self.hardware.uses_abits else hp.max_bits)]
-                          * len(self.layers))
+        low = policy_cost(self._table, self.pin([(hp.min_bits, hp.min_bits if self.hardware.uses_abits
+                                                  else hp.max_bits)] * len(self.layers)))
         if low > self.target:
             raise ValueError(f"budget_ratio={hp.budget_ratio} is below the smallest reachable ratio "
                              f"{low / self.full_cost:.4f} (every layer at {hp.min_bits} bits) of "
-                             f"{type(self.hardware).__name__}; raise budget_ratio or lower min_bits")
+                             f"{type(self.hardware).__name__}{self._pin_note()}; raise budget_ratio or lower "
+                             "min_bits")
         self._static = layer_states(self.layers)
         self.acc_float = _accuracy(self.net, self._batches("val"), self.device)
         if self.agent is None:
@@ -420,6 +425,20 @@ class HAQModule(LightningModule):
         self._prepare()
 
     # --- one episode ----------------------------------------------------------------------------------
+    @property
+    def pinned(self) -> tuple[int, ...]:
+        """Indices of the layers kept at ``max_bits`` (first and last with ``keep_first_last``)."""
+        n = len(self._names)
+        return tuple(sorted({0, n - 1})) if self.hparams.keep_first_last and n else ()
+
+    def pin(self, policy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``policy`` with the :attr:`pinned` layers set to ``(max_bits, max_bits)``."""
+        top = self.hparams.max_bits
+        return [(top, top) if i in self.pinned else (int(w), int(a)) for i, (w, a) in enumerate(policy)]
+
+    def _pin_note(self) -> str:
+        return " with the first and last layer kept at max_bits (keep_first_last)" if self.pinned else ""
+
     def _set_bits(self, policy: Sequence[tuple[int, int]]) -> None:
         qlayers = quant_layers(self.net)
         for name, (w, a) in zip(self._names, policy):
@@ -448,7 +467,8 @@ class HAQModule(LightningModule):
         hp = self.hparams
         assert self.agent is not None
         states, actions, policy = rollout(self.agent, self._static, self.episode, hp.min_bits, hp.max_bits)
-        policy = fit_budget(policy, self._table, self.target, hp.min_bits, self.hardware.uses_abits)
+        policy = fit_budget(self.pin(policy), self._table, self.target, hp.min_bits, self.hardware.uses_abits,
+                            pinned=self.pinned)
         acc, act_max = self.evaluate(policy)
         reward = hp.reward_scale * 100 * (acc - self.acc_float)
         losses = self.agent.learn_episode(states, actions, reward, self.episode)
@@ -502,7 +522,7 @@ class HAQModule(LightningModule):
                 "layers": layers}
 
     def compare_fixed(self, policy: Sequence[tuple[int, int]] | None = None) -> dict[str, dict[str, float]]:
-        """Accuracy and cost ratio of uniform 8-bit, uniform 4-bit and ``policy`` (default: the best one).
+        """Accuracy and cost ratio of uniform 8-bit, 4-bit (first/last pinned as in the search) and ``policy``.
 
         Every row goes through the same calibration/fine-tune/validation as the search's episodes.
         """
@@ -510,7 +530,7 @@ class HAQModule(LightningModule):
             policy = [tuple(p) for p in self.best["policy"]] if self.best else []
         n = len(self._names)
         rows = {"float": {"acc": self.acc_float, "cost_ratio": float("nan")}}
-        for label, pol in (("fixed8", [(8, 8)] * n), ("fixed4", [(4, 4)] * n), ("haq", list(policy))):
+        for label, pol in (("fixed8", [(8, 8)] * n), ("fixed4", self.pin([(4, 4)] * n)), ("haq", list(policy))):
             if len(pol) == n:
                 ratio = policy_cost(self._table, pol) / self.full_cost
                 rows[label] = {"acc": self.evaluate(pol)[0], "cost_ratio": ratio}

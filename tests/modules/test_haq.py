@@ -52,7 +52,7 @@ def _trainer(tmp_path: Path, **kwargs: Any) -> Trainer:
 
 def _module(**kwargs: Any) -> HAQModule:
     defaults = dict(model=_tiny_net(), num_classes=3, hardware=BitOps(), episodes=4, warmup=2, agent_batch_size=8,
-                    hidden=32, calib_batches=2, val_batches=2, compare=False)
+                    hidden=32, calib_batches=2, val_batches=2, compare=False, keep_first_last=False)
     return HAQModule(**{**defaults, **kwargs})
 
 
@@ -85,6 +85,28 @@ def test_walk_down_goes_last_to_first_activation_first() -> None:
     table = cost_lookup(BitOps(), [layer, layer], 8)
     assert fit_budget([(8, 8), (8, 8)], table, 64 + 56, 2) == [(8, 8), (8, 7)]
     assert fit_budget([(8, 8), (8, 8)], table, 64 + 49, 2) == [(8, 8), (7, 7)]
+
+
+def test_walk_down_never_lowers_pinned_layers() -> None:
+    layer = LayerProfile("l", "conv", 1, 1, 1, 1, 1, 1, 1, 1, 1.0)
+    table = cost_lookup(BitOps(), [layer] * 3, 8)
+    fitted = fit_budget([(8, 8)] * 3, table, 64 + 2 * 4, 2, pinned=(0, 2))
+    assert fitted == [(8, 8), (2, 2), (8, 8)]  # over budget: the free layer bottoms out, the pinned ones stay
+
+
+def test_first_and_last_layer_kept_at_8_bits(tmp_path: Path) -> None:
+    """The official environment's ``_keep_first_last_layer``: whatever the agent picks, the first and last layer
+    run at 8/8 bits, the walk-down lowers only the others, and the budget still holds."""
+    module = _module(episodes=6, warmup=3, keep_first_last=True, budget_ratio=0.9)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, TinyDataModule())
+    assert module.pinned == (0, 3)
+    doc = json.loads((tmp_path / "best_policy.json").read_text())
+    bits = [(v["wbits"], v["abits"]) for v in doc["layers"].values()]
+    assert bits[0] == bits[-1] == (8, 8) and doc["cost_ratio"] <= 0.9
+    assert module.pin([(3, 4)] * 4) == [(8, 8), (3, 4), (3, 4), (8, 8)]
+    with pytest.raises(ValueError, match="keep_first_last"):  # 8-bit first conv alone is 0.82 of the cost
+        _trainer(tmp_path).fit(_module(keep_first_last=True, budget_ratio=0.5), TinyDataModule())
 
 
 def test_cost_models_shapes_and_monotonicity() -> None:
