@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +101,16 @@ def test_latency_table_predicts_refuses_and_round_trips(tmp_path) -> None:
         loaded.check(space, batch_size=8)
     with pytest.raises(ValueError, match="fingerprint"):
         loaded.check(CostSpace(bits=True))
+
+
+def test_latency_table_calibration_scales_every_entry_by_the_median_ratio() -> None:
+    space = CostSpace()
+    table = LatencyTable.build(space, batch_size=2, warmup=1, repeats=3, calibrate=3)
+    cal = table.meta["calibration"]
+    assert cal["archs"] == 3 and len(cal["ratios"]) == 3 and cal["scale"] == statistics.median(cal["ratios"])
+    raw = table.scaled(1 / cal["scale"])
+    arch = space.sample()
+    assert table.predict(arch) == pytest.approx(cal["scale"] * raw.predict(arch))
+    assert table.fixed_ms == pytest.approx(cal["scale"] * raw.fixed_ms)
+    assert LatencyTable.build(space, batch_size=2, warmup=1, repeats=3, calibrate=0).meta["calibration"] == {
+        "scale": 1.0, "archs": 0}
