@@ -1,9 +1,10 @@
 """Run the benchmark suite: ``python -m benchmarks [--quick] [--only NAME ...] [--report]``.
 
 Each benchmark module (``benchmarks/<name>.py``; helpers are ``common``, ``report`` and ``_*``) runs as
-``python -m benchmarks.<name> [--quick]`` in its own process and prints one JSON object on its last
-stdout line; it is saved to ``benchmarks/results/<name>.json``, then ``BENCHMARKS.md`` is rewritten from
-every JSON file there. ``--quick`` is a smoke run: its JSON goes to ``benchmarks/results_quick/`` and its page to
+``python -m benchmarks.<name> [--quick]`` would, in its own process (forked after the common imports, so each
+starts clean without paying Lightning's import again), and prints one JSON object on its last stdout line;
+it is saved to ``benchmarks/results/<name>.json``, then ``BENCHMARKS.md`` is rewritten from every JSON file
+there. ``--quick`` is a smoke run: its JSON goes to ``benchmarks/results_quick/`` and its page to
 ``benchmarks/results_quick/BENCHMARKS.md`` (not committed), so it never replaces the full figures.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,18 +28,64 @@ def discover() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in HELPERS and not p.stem.startswith("_"))
 
 
+def _preload() -> None:
+    """Import what every benchmark imports (about 6 s, mostly Lightning) once, before forking."""
+    import lightning.pytorch  # noqa: F401
+
+    import benchmarks.common  # noqa: F401
+    import lightning_nas.callbacks  # noqa: F401
+    import lightning_nas.modules  # noqa: F401
+
+
+def _forked(name: str, extra: list[str]) -> tuple[int, str, str]:
+    """Run ``benchmarks.<name>.main(extra)`` in a forked child (its own process: nothing it changes leaks into
+    the next benchmark), with the imports already done; returns ``(exit code, stdout, stderr)``."""
+    import importlib
+    import os
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        pid = os.fork()
+        if pid == 0:  # the child: stdout/stderr into the files, exit without running the parent's cleanup
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.argv = [f"benchmarks.{name}", *extra]
+                importlib.import_module(f"benchmarks.{name}").main(extra)
+                code = 0
+            except BaseException:  # noqa: BLE001 - report anything, the child must not return into the parent
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read(), err.read()
+
+
 def run_one(name: str, extra: list[str]) -> dict | None:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra], cwd=HERE.parent,
-                          capture_output=True, text=True)
-    lines = proc.stdout.strip().splitlines()
+    if hasattr(os, "fork"):
+        code, stdout, stderr = _forked(name, extra)
+    else:
+        proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra], cwd=HERE.parent,
+                              capture_output=True, text=True)
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    lines = stdout.strip().splitlines()
     try:
-        doc = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+        doc = json.loads(lines[-1]) if code == 0 and lines else None
     except json.JSONDecodeError:
         doc = None
     took = time.perf_counter() - start
     if doc is None:
-        print(f"{name}: FAILED (exit {proc.returncode}, {took:.0f} s)\n{proc.stderr[-3000:]}", file=sys.stderr)
+        print(f"{name}: FAILED (exit {code}, {took:.0f} s)\n{stderr[-3000:]}", file=sys.stderr)
         return None
     print(f"{name}: done in {took:.0f} s", file=sys.stderr)
     return doc
@@ -57,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     failed = []
     if not args.report:
+        if hasattr(os, "fork"):
+            _preload()
         extra = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)]
         for name in args.only or names:
             doc = run_one(name, extra)

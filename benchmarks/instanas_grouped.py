@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--width-mult", type=float, default=1.0)
 
     args = bench.parse(argv, extra)
-    rounds, reps = (5, 1) if args.quick else (11, 2)
+    rounds, reps = (3, 1) if args.quick else (11, 2)
     bench.settings.update({"batch": args.batch, "density": args.density, "input_size": args.input_size,
                            "width_mult": args.width_mult, "rounds": rounds, "reps": reps})
     space = InstaNASSpace(num_classes=10, input_size=args.input_size, width_mult=args.width_mult).eval()

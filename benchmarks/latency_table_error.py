@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{ARCHS} random exported MobileNetSpace archs at 32 px.")
     args = bench.parse(argv)
     batches = (1,) if args.quick else (1, 8)
-    repeats, rounds, builds = (10, 3, 3) if args.quick else (20, 5, 3)
+    repeats, rounds, builds = (8, 2, 2) if args.quick else (20, 5, 3)
     bench.settings.update({"space": "MobileNetSpace(num_classes=10, input_size=32)", "batches": list(batches),
                            "archs": ARCHS, "table_repeats": repeats, "measure_repeats": repeats,
                            "measure_rounds": rounds, "builds": builds})

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     args = bench.parse(argv)
     quiet()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the spawned ranks' intra-op threads, as this process's
-    cfg = ({"steps": 2, "children": 4, "train_batches": 8, "val_batches": 2} if args.quick else
+    cfg = ({"steps": 2, "children": 4, "train_batches": 4, "val_batches": 1} if args.quick else
            {"steps": 2, "children": 4, "train_batches": 16, "val_batches": 4})
     rounds = 2 if args.quick else 4
     bench.settings.update({"space": "LayerTokenSpace(num_layers=3, num_filters=[8, 12, 16, 24], strides=[1, 2])",
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                            "children_per_step": cfg["children"], "child_epochs": 1,
                            "child_train_batches": cfg["train_batches"], "child_val_batches": cfg["val_batches"],
                            "rounds": rounds, "strategy_2_ranks": "ddp_spawn"})
-    for devices in (1, 2):  # warm-up: imports, the digits tensors, a first process group
+    for devices in (1,) if args.quick else (1, 2):  # warm-up: imports, the digits tensors, a first process group
         search(devices, cfg, args.seed)
     runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     for r in range(rounds):

@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench("parsec_memory", "Saved-activation peak and step time of PARSEC's weight step (K archs, each "
                   "forward+backward before the next) over one arch's, next to an all-ops DARTS mixed cell.")
     args = bench.parse(argv)
-    channels, layers, batch = (8, 5, 32) if args.quick else (16, 8, 32)
-    steps, timed_steps, rounds, reps = (2, 1, 3, 1) if args.quick else (3, 2, 6, 1)
+    channels, layers, batch = (8, 5, 16) if args.quick else (16, 8, 32)
+    steps, timed_steps, rounds, reps = (1, 1, 2, 1) if args.quick else (3, 2, 6, 1)
     bench.settings.update({"space": f"DartsCellSpace(init_channels={channels}, layers={layers}, input_size={SIZE}, "
                                     f"7 ops)", "batch": batch, "K": list(KS), "memory_step_indices": steps,
                            "timed_step_indices": timed_steps,

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench("proxyless_memory", "Saved-activation memory and step time of ProxylessNAS's weight step (one path) "
                   "and arch step (two gated paths) over the exported path's, next to an all-paths DARTS step.")
     args = bench.parse(argv)
-    archs, rounds, reps = (2, 3, 1) if args.quick else (3, 8, 1)
+    archs, rounds, reps = (2, 2, 1) if args.quick else (3, 8, 1)
     bench.settings.update({"space": "MobileNetSpace(width_mult=0.25, depths 2-2-2-2-2-1, no zero op)",
                            "batch": BATCH, "input_size": SIZE, "archs": archs, "rounds": rounds,
                            "reps_per_round": reps})

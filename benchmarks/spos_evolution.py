@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench("spos_evolution", "EvolutionSearch throughput (candidates/s) on a small SPOS supernet trained "
                   "briefly on digits, and the time shares of BN re-calibration vs scoring.")
     args = bench.parse(argv)
-    epochs, generations, calib = (2, 2, 256) if args.quick else (6, 6, 640)
+    epochs, generations, calib = (1, 2, 256) if args.quick else (6, 6, 640)
     bucket = {"recalibrate_bn": 0.0, "accuracy": 0.0, "search": 0.0}
     es_module.recalibrate_bn = timing(es_module.recalibrate_bn, bucket, "recalibrate_bn")
     es_module.accuracy = timing(es_module.accuracy, bucket, "accuracy")

@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
                   "random archs, and evolution vs random search at an equal budget.")
     args = bench.parse(argv)
     q = args.quick
-    epochs, archs, alone_epochs, calib_images = (4, 10, 1, 128) if q else (40, 12, 8, 640)
-    seeds, population, generations = (2, 6, 2) if q else (3, 12, 4)
+    epochs, archs, alone_epochs, calib_images = (2, 6, 1, 128) if q else (40, 12, 8, 640)
+    seeds, population, generations = (1, 6, 2) if q else (3, 12, 4)
     bench.settings.update({"space": "quickstart ShuffleNetSpace (width 0.25, depths 1-1-2-1; 1,024 archs)",
                            "supernet_epochs": epochs, "supernet_lr": 0.2, "batch": 64, "archs": archs,
                            "standalone_epochs": alone_epochs, "standalone_optimizer": "SGD nesterov lr 0.1 cosine",

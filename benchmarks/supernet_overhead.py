@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench("supernet_overhead", "Training step of the supernet on an activated path over the exported "
                   "sub-network's step (same arch and batch), and the share of path sampling + activation.")
     args = bench.parse(argv)
-    archs, rounds, reps = (2, 3, 1) if args.quick else (3, 10, 2)
+    archs, rounds, reps = (1, 2, 1) if args.quick else (3, 10, 2)
     bench.settings.update({"batch": BATCH, "input_size": SIZE, "archs_per_space": archs, "rounds": rounds,
                            "reps_per_round": reps, "optimizer": "SGD(momentum=0.9, weight_decay=4e-5)"})
     for name, space in spaces().items():

@@ -1,7 +1,8 @@
 """One LightningModule per method, and the classifier that retrains what they find."""
 
 from lightning_nas.modules.classification import ClassificationModule
-from lightning_nas.modules.haq import HAQModule, QuantizedNetwork
+from lightning_nas.modules.haq import HAQModule
+from lightning_nas.modules.quantized import QuantizedNetwork
 from lightning_nas.modules.instanas import InstaNASModule
 from lightning_nas.modules.nasrl import NASRLModule
 from lightning_nas.modules.parsec import PARSECModule

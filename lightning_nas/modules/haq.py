@@ -26,9 +26,8 @@ episodes are sequential, so DDP would only repeat them (a clear error says so).
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_nas.arch import ArchError
 from lightning_nas.controllers.ddpg import DDPG
 from lightning_nas.cost.hardware import (
     BitSerialAccelerator,
@@ -51,12 +49,20 @@ from lightning_nas.cost.hardware import (
     policy_cost,
     profile_layers,
 )
-from lightning_nas.nn.quantize import FLOAT_BITS, QuantConv2d, QuantLinear
+from lightning_nas.modules.quantized import (
+    POLICY_FORMAT,
+    QuantizedNetwork,
+    apply_policy,
+    load_network,
+    load_policy,
+    quant_layers,
+    quantize_network,
+)
+from lightning_nas.nn.quantize import FLOAT_BITS
 
 __all__ = ["HAQModule", "QuantizedNetwork", "action_to_bits", "apply_policy", "layer_states", "load_network",
            "load_policy", "quantize_network", "rollout"]
 
-POLICY_FORMAT = 1
 Batch = tuple[Tensor, Tensor]
 
 
@@ -67,153 +73,6 @@ def action_to_bits(action: float, min_bits: int = 2, max_bits: int = 8) -> int:
     """
     bits = round(min_bits - 0.5 + float(action) * (max_bits - min_bits + 1))
     return int(min(max(bits, min_bits), max_bits))
-
-
-# --- the network -------------------------------------------------------------------------------------
-def _read(path: str, what: str, how: str) -> Any:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist. {how}")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _from_checkpoint(path: str) -> nn.Module:
-    from lightning_nas.modules.classification import ClassificationModule
-
-    ckpt = _read(path, "HAQ input checkpoint", "Train the network first, e.g. `lightning-nas fit --config "
-                 "recipes/<...>.yaml` with a ModelCheckpoint(save_last=true) (it writes .../last.ckpt), or give "
-                 "`network` + `weights` instead of `checkpoint`.")
-    hparams = dict(ckpt.get("hyper_parameters", {}))
-    if not any(hparams.get(k) for k in ("network", "arch")):
-        raise ValueError(f"checkpoint {path!r} does not record how to rebuild its network (a ClassificationModule "
-                         "trained with `network:` or a published `arch:` name); give `network` + `weights` instead.")
-    module = ClassificationModule(**{**hparams, "init": "inherit"} if hparams.get("arch") else hparams)
-    module.load_state_dict(ckpt["state_dict"])
-    return module.net
-
-
-def load_network(checkpoint: str | None = None, network: str | None = None, weights: str | None = None,
-                 num_classes: int = 10, allow_untrained: bool = False, model: nn.Module | None = None) -> nn.Module:
-    """The trained float network: ``model`` itself, a ClassificationModule checkpoint, or a torchvision model + a
-    local weights file.
-
-    Raises:
-        FileNotFoundError: naming a missing checkpoint/weights file and how to produce it.
-        ValueError: when neither or both sources are given, or no weights without ``allow_untrained``.
-    """
-    given = [k for k, v in (("model", model), ("checkpoint", checkpoint), ("network", network)) if v is not None]
-    if len(given) != 1:
-        raise ValueError("give exactly one of `model` (an nn.Module), `checkpoint` (a ClassificationModule .ckpt) or "
-                         f"`network` (a torchvision model name, with `weights`) to quantize (got {given or 'none'})")
-    if model is not None:
-        return model
-    if checkpoint is not None:
-        return _from_checkpoint(checkpoint)
-    import torchvision
-
-    net = torchvision.models.get_model(str(network), num_classes=num_classes)
-    if weights is None:
-        if not allow_untrained:
-            raise ValueError(f"`weights` is missing for network {network!r}: HAQ quantizes a *trained* network. Give a "
-                             "local state-dict file, or set `allow_untrained: true` to search a random network "
-                             "(smoke tests only).")
-        return net
-    state = _read(weights, "weights file", f"Save one, e.g. `python -c \"import torch, torchvision; torch.save("
-                  f"torchvision.models.get_model('{network}', weights='DEFAULT').state_dict(), '{weights}')\"` "
-                  "(ImageNet classes), or pass a ClassificationModule checkpoint as `checkpoint`.")
-    if "state_dict" in state:  # a Lightning checkpoint of a ClassificationModule
-        state = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
-    return net
-
-
-def quantize_network(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` with every ``Conv2d``/``Linear`` replaced by a (float, 32-bit) quantized layer."""
-    net = copy.deepcopy(net)
-    for module in list(net.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, (QuantConv2d, QuantLinear)):
-                continue
-            if isinstance(child, nn.Conv2d):
-                setattr(module, child_name, QuantConv2d.from_conv(child))
-            elif isinstance(child, nn.Linear):
-                setattr(module, child_name, QuantLinear.from_linear(child))
-    return net
-
-
-def quant_layers(net: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
-    return {n: m for n, m in net.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
-
-
-def apply_policy(net: nn.Module, policy: Mapping[str, Any]) -> nn.Module:
-    """Set each quantized layer's bits (and, when given, ``act_max``/``act_signed``) from ``policy``.
-
-    ``policy`` maps layer name → ``{"wbits", "abits", ["act_max", "act_signed"]}`` or ``(wbits, abits)``.
-
-    Raises:
-        ArchError: naming an unknown or missing layer.
-    """
-    layers = quant_layers(net)
-    unknown, missing = sorted(set(policy) - set(layers)), sorted(set(layers) - set(policy))
-    if unknown or missing:
-        raise ArchError(f"policy does not fit the network: unknown layers {unknown[:5]}, missing layers {missing[:5]} "
-                        f"(the network has {len(layers)} quantized layers). Was it searched on another network?")
-    for name, spec in policy.items():
-        layer = layers[name]
-        if isinstance(spec, Mapping):
-            layer.wbits, layer.abits = int(spec["wbits"]), int(spec["abits"])
-            if "act_max" in spec:
-                layer.act_max.fill_(float(spec["act_max"]))
-            layer.act_signed = bool(spec.get("act_signed", layer.act_signed))
-        else:
-            layer.wbits, layer.abits = (int(b) for b in spec)
-    return net
-
-
-def load_policy(path: str) -> dict[str, Any]:
-    """A ``best_policy.json`` written by :class:`HAQModule`.
-
-    Raises:
-        FileNotFoundError: naming the file and the search that writes it.
-    """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"HAQ policy {str(path)!r} does not exist: run the search first, e.g. `lightning-nas "
-                                "fit --config recipes/haq/cifar10.yaml` (it writes best_policy.json at fit end).")
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != POLICY_FORMAT or "layers" not in doc:
-        raise ArchError(f"{path!r} is not a HAQ policy file (format {POLICY_FORMAT} with a `layers` mapping)")
-    return doc
-
-
-class QuantizedNetwork(nn.Module):
-    """A trained network with a mixed-precision policy applied: what the fine-tuning recipe trains.
-
-    Args:
-        policy: a ``best_policy.json`` (``None``: every layer at ``bits``).
-        checkpoint: as :class:`HAQModule`.
-        network: as :class:`HAQModule`.
-        weights: as :class:`HAQModule`.
-        num_classes: linked from the datamodule.
-        allow_untrained: as :class:`HAQModule`.
-        bits: uniform weight and activation bits when no ``policy`` is given (fixed-precision baselines).
-        model: or the trained network itself (Python use).
-    """
-
-    def __init__(self, policy: str | None = None, checkpoint: str | None = None, network: str | None = None,
-                 weights: str | None = None, num_classes: int = 10, allow_untrained: bool = False,
-                 bits: int | None = None, model: nn.Module | None = None) -> None:
-        super().__init__()
-        if policy is None and bits is None:
-            raise ValueError("QuantizedNetwork needs a `policy` (best_policy.json from HAQ) or uniform `bits`")
-        doc = load_policy(policy) if policy is not None else None
-        self.net = quantize_network(load_network(checkpoint, network, weights, num_classes, allow_untrained, model))
-        if doc is not None:
-            apply_policy(self.net, doc["layers"])
-        else:  # unknown input signs without a profile: signed is always correct, at one bit of resolution
-            uniform = {"wbits": bits, "abits": bits, "act_signed": True}
-            apply_policy(self.net, {n: uniform for n in quant_layers(self.net)})
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 # --- the agent's view ---------------------------------------------------------------------------------
