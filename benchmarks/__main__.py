@@ -53,6 +53,8 @@ def _forked(name: str, extra: list[str]) -> tuple[int, str, str]:
             try:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the fds, not whatever
+                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - sys.std* was rebound to
                 sys.argv = [f"benchmarks.{name}", *extra]
                 importlib.import_module(f"benchmarks.{name}").main(extra)
                 code = 0

@@ -160,7 +160,7 @@ class Bench:
     def document(self) -> dict[str, Any]:
         self.settings["wall_s"] = round(time.perf_counter() - self.started, 1)
         return {"name": self.name, "description": self.description, "machine": machine(),
-                "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
+                "torch": torch.__version__, "device": self.settings.get("device", "cpu"),
                 "settings": self.settings, "figures": self.figures, "targets": self.targets, "notes": self.notes}
 
     def emit(self) -> None:
