@@ -139,8 +139,16 @@ class NASRLModule(LightningModule):
         self._child_data = data
         if getattr(data, "num_classes", None):
             self.space.num_classes = int(data.num_classes)
-        # the datamodule's loaders feed the children; the fit loop iterates controller steps instead
-        self.trainer.fit_loop._data_source.instance = self
+        # The datamodule's loaders feed the children; the fit loop iterates controller steps instead. Lightning
+        # has no public switch for "the module's train_dataloader although a datamodule is attached", so this
+        # points the fit loop's data source at the module, as Lightning's own BatchSizeFinder reads it.
+        source = getattr(self.trainer.fit_loop, "_data_source", None)
+        if source is None or not hasattr(source, "instance"):
+            import lightning
+
+            raise RuntimeError(f"NASRLModule cannot redirect the fit loop of lightning {lightning.__version__} to its "
+                               "controller steps (fit_loop._data_source changed); install lightning>=2.2,<3")
+        source.instance = self
 
     @override
     def train_dataloader(self) -> DataLoader:
