@@ -72,9 +72,18 @@ def _forked(name: str, extra: list[str]) -> tuple[int, str, str]:
         return os.waitstatus_to_exitcode(status), out.read(), err.read()
 
 
+def _can_fork() -> bool:
+    """Fork only where it exists and CUDA is not initialised here (a forked child could not use it)."""
+    if not hasattr(os, "fork"):
+        return False
+    import torch
+
+    return not torch.cuda.is_initialized()
+
+
 def run_one(name: str, extra: list[str]) -> dict | None:
     start = time.perf_counter()
-    if hasattr(os, "fork"):
+    if _can_fork():
         code, stdout, stderr = _forked(name, extra)
     else:
         proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra], cwd=HERE.parent,
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     failed = []
     if not args.report:
-        if hasattr(os, "fork"):
+        if _can_fork():
             _preload()
         extra = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)]
         for name in args.only or names:
