@@ -41,7 +41,6 @@ def _forked(name: str, extra: list[str]) -> tuple[int, str, str]:
     """Run ``benchmarks.<name>.main(extra)`` in a forked child (its own process: nothing it changes leaks into
     the next benchmark), with the imports already done; returns ``(exit code, stdout, stderr)``."""
     import importlib
-    import os
     import tempfile
 
     sys.stdout.flush()
@@ -53,8 +52,9 @@ def _forked(name: str, extra: list[str]) -> tuple[int, str, str]:
             try:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the fds, not whatever
-                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - sys.std* was rebound to
+                # write to the fds even where sys.stdout/stderr were rebound (pytest's capture, a notebook)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
                 sys.argv = [f"benchmarks.{name}", *extra]
                 importlib.import_module(f"benchmarks.{name}").main(extra)
                 code = 0

@@ -292,8 +292,8 @@ class HAQModule(LightningModule):
 
     def pin(self, policy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         """``policy`` with the :attr:`pinned` layers set to ``(max_bits, max_bits)``."""
-        top = self.hparams.max_bits
-        return [(top, top) if i in self.pinned else (int(w), int(a)) for i, (w, a) in enumerate(policy)]
+        top, pinned = self.hparams.max_bits, self.pinned
+        return [(top, top) if i in pinned else (int(w), int(a)) for i, (w, a) in enumerate(policy)]
 
     def _pin_note(self) -> str:
         return " with the first and last layer kept at max_bits (keep_first_last)" if self.pinned else ""
