@@ -43,13 +43,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
 from typing_extensions import override
 
 from lightning_nas.arch import Arch, save_arch
 from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
-from lightning_nas.modules.single_path import FixedPathValidation
+from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
 from lightning_nas.modules.spos import check_space_checkpoint
 from lightning_nas.spaces.base import SearchSpace
 
@@ -173,53 +172,6 @@ def load_prior(path: str | Path, decisions: dict[str, list]) -> list[Tensor]:
         raise ValueError(f"prior_init {str(path)!r} does not match this space's decisions: missing {missing}, "
                          f"unknown {extra}, different values {differ}")
     return [torch.tensor(saved_logits[k], dtype=torch.float32) for k in decisions]
-
-
-class HeldOutBatches:
-    """An endless, resumable stream of validation batches for the prior steps; each rank its own shuffled shard."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed, self.epoch, self.consumed = seed, -1, 0
-        self._loader: DataLoader | None = None
-        self._iter: Any = None
-
-    def start_epoch(self, epoch: int) -> None:
-        if self.epoch != epoch:
-            self.epoch, self.consumed, self._iter = epoch, 0, None
-
-    def _build(self, module: LightningModule) -> DataLoader:
-        loader = module.trainer.datamodule.val_dataloader()
-        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-        if getattr(loader, "batch_size", None) is None:
-            return loader  # a custom batch sampler: used as given
-        sampler = DistributedSampler(loader.dataset, num_replicas=module.trainer.world_size,
-                                     rank=module.trainer.global_rank, shuffle=True, seed=self.seed)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
-
-    def next(self, module: LightningModule) -> Any:
-        if self._loader is None:
-            self._loader = self._build(module)
-        if self._iter is None:
-            passes, skip = divmod(self.consumed, max(1, len(self._loader)))
-            if isinstance(self._loader.sampler, DistributedSampler):
-                self._loader.sampler.set_epoch(self.epoch * 10_007 + passes)
-            self._iter = iter(self._loader)
-            for _ in range(skip):  # resumed mid-epoch: skip what the interrupted run consumed
-                next(self._iter)
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self._iter = None
-            return self.next(module)
-        self.consumed += 1
-        return module.transfer_batch_to_device(batch, module.device, 0)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.consumed, self._iter = int(state.get("epoch", -1)), int(state.get("consumed", 0)), None
 
 
 class PARSECModule(FixedPathValidation, LightningModule):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
 from typing_extensions import override
 
 from lightning_nas.arch import Arch, save_arch
 from lightning_nas.callbacks.path_sampling import PathSampling, step_generator
 from lightning_nas.modules.optim import build_optimizer, split_decay
-from lightning_nas.modules.single_path import FixedPathValidation
+from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
 from lightning_nas.modules.spos import check_space_checkpoint
 from lightning_nas.spaces.base import SearchSpace
 from lightning_nas.strategies.binary_gates import (
@@ -141,9 +139,8 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             self.hparams.target_latency = self._target
         self._inactive_cache: dict[tuple[int, int], list[nn.Parameter]] = {}
         self._own_sampling = True
-        self._arch_iter: Iterator[Any] | None = None
-        self._arch_loader: DataLoader | None = None
-        self._arch_epoch, self._arch_batches, self.arch_steps = -1, 0, 0
+        self._held_out = HeldOutBatches(seed)
+        self.arch_steps = 0
         self._train_arch: Arch | None = None
         self.best_arch_path: Path | None = None
         self.last_samples: dict[str, Any] = {}  # the last arch step's GateSample per decision (for inspection)
@@ -247,8 +244,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
 
     @override
     def on_train_epoch_start(self) -> None:
-        if self._arch_epoch != self.current_epoch:
-            self._arch_epoch, self._arch_batches, self._arch_iter = self.current_epoch, 0, None
+        self._held_out.start_epoch(self.current_epoch)
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -269,7 +265,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
 
     def _arch_step(self) -> None:
         previous = self.space.active_arch
-        x, y = self._next_arch_batch()
+        x, y = self._held_out.next(self)
         gen = step_generator(self.hparams.seed + 1, self.trainer.fit_loop.total_batch_idx)
         optimizer = self.optimizers()[1].optimizer
         optimizer.zero_grad(set_to_none=True)
@@ -343,37 +339,6 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         loss = -((rewards - baseline).detach() * torch.stack(log_probs)).mean()
         return loss, {"arch/reward": rewards.mean(), "arch/baseline": baseline}
 
-    # --- arch batches: an infinite, resumable iterator over the validation split ------------
-    def _build_arch_loader(self) -> DataLoader:
-        loader = self.trainer.datamodule.val_dataloader()
-        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-        if getattr(loader, "batch_size", None) is None:
-            return loader  # a custom batch sampler: used as given
-        # each rank its own shuffled shard, the order a function of (seed, epoch, pass)
-        sampler = DistributedSampler(loader.dataset, num_replicas=self.trainer.world_size,
-                                     rank=self.trainer.global_rank, shuffle=True, seed=self.hparams.seed)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
-
-    def _next_arch_batch(self) -> Any:
-        if self._arch_loader is None:
-            self._arch_loader = self._build_arch_loader()
-        if self._arch_iter is None:
-            n = max(1, len(self._arch_loader))
-            passes, skip = divmod(self._arch_batches, n)
-            if isinstance(self._arch_loader.sampler, DistributedSampler):
-                self._arch_loader.sampler.set_epoch(self.current_epoch * 10_007 + passes)
-            self._arch_iter = iter(self._arch_loader)
-            for _ in range(skip):  # resumed mid-epoch: skip what the interrupted run consumed
-                next(self._arch_iter)
-        try:
-            batch = next(self._arch_iter)
-        except StopIteration:
-            self._arch_iter = None
-            return self._next_arch_batch()
-        self._arch_batches += 1
-        return self.transfer_batch_to_device(batch, self.device, 0)
-
     # --- validation on the most probable arch ---------------------------------------------
     def validation_arch(self) -> Arch:
         return self.best_arch()
@@ -415,17 +380,17 @@ class ProxylessModule(FixedPathValidation, LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
-        checkpoint["proxyless"] = {"arch_epoch": self._arch_epoch, "arch_batches": self._arch_batches,
+        held = self._held_out.state_dict()
+        checkpoint["proxyless"] = {"arch_epoch": held["epoch"], "arch_batches": held["consumed"],
                                    "arch_steps": self.arch_steps}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_space_checkpoint(self.space, checkpoint)
         state = checkpoint.get("proxyless", {})
-        self._arch_epoch = int(state.get("arch_epoch", -1))
-        self._arch_batches = int(state.get("arch_batches", 0))
+        self._held_out.load_state_dict({"epoch": state.get("arch_epoch", -1),
+                                        "consumed": state.get("arch_batches", 0)})
         self.arch_steps = int(state.get("arch_steps", 0))
-        self._arch_iter = None
 
 
 def _no_closure() -> None:
