@@ -40,6 +40,7 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
@@ -47,10 +48,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the same memory measure as ours_step.py
 import nni  # noqa: E402
 from nni.nas.hub.pytorch import ProxylessNAS, ShuffleNetSpace  # noqa: E402
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule  # noqa: E402
 from nni.nas.strategy import RandomOneShot  # noqa: E402
+
+from benchmarks.common import saved_activation_bytes  # noqa: E402  (stdlib + torch only: runs in NNI's venv)
 
 BATCH, SIZE, CLASSES = 64, 32, 10
 
@@ -132,23 +136,6 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     for h in handles:
         h.remove()
     return total
-
-
-def saved_activation_bytes(fn, exclude) -> int:
-    skip = {p.untyped_storage().data_ptr() for p in exclude}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in skip and ptr != 0:
-            seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(seen.values())
 
 
 def main() -> None:
