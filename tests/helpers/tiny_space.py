@@ -29,6 +29,17 @@ KERNELS = {"conv1x1": 1, "conv3x3": 3, "conv5x5": 5}
 WIDTHS = (0.5, 1.0, 1.5)
 
 
+class Scale(nn.Module):
+    """A parameter-free candidate op: ``x * factor`` (``0`` plays the zero op)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+
 def _conv_bn(channels: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False),
                          nn.BatchNorm2d(channels, affine=False), nn.ReLU())

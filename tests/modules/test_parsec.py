@@ -26,18 +26,10 @@ from lightning_nas.modules.parsec import (
 )
 from lightning_nas.nn import LayerChoice
 from lightning_nas.spaces.base import SearchSpace
+from tests.helpers.tiny_space import Scale
 
 
 # --- test doubles (module level: DDP spawn pickles them) ------------------------------------
-class Scale(nn.Module):
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.factor
-
-
 class ToySpace(SearchSpace):
     """Inputs ``(n, 3, 1, 1)``; two blocks of {keep, zero, conv}; only keep-keep (or learned convs) classify."""
 

@@ -25,18 +25,10 @@ from lightning_nas.nn import LayerChoice
 from lightning_nas.spaces.base import SearchSpace
 from lightning_nas.spaces.mobilenet import MobileNetSpace
 from lightning_nas.strategies import BinaryGates, GateSample, rescale_logits_, sample_gates
+from tests.helpers.tiny_space import Scale
 
 
 # --- test doubles (module level: DDP spawn pickles them) ------------------------------------
-class Scale(nn.Module):
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.factor
-
-
 class ToySpace(SearchSpace):
     """Inputs ``(n, 3, 1, 1)``, ``blocks`` parameter-free op choices, a linear head initialised to the identity."""
 
