@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from lightning_nas.callbacks.protocols import missing_members
+
 PHASES = ("pretrain", "controller", "supernet", "finetune")
 
 
-@runtime_checkable
 class Alternating(Protocol):
     """What ``AlternatingEpochs`` drives: a ``space``, a ``controller``, the stage of an epoch, a ``phase``."""
 
@@ -56,10 +57,11 @@ class AlternatingEpochs(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, Alternating):
+        missing = missing_members(pl_module, ("space", "controller", "phase", "stage_of"))
+        if missing:
             raise TypeError(
                 f"AlternatingEpochs needs a module with `space`, `controller`, `phase` and `stage_of(epoch)` "
-                f"(e.g. InstaNASModule); {type(pl_module).__name__} does not have them."
+                f"(e.g. InstaNASModule); {type(pl_module).__name__} lacks {', '.join(missing)}."
             )
 
     def phase_of(self, pl_module: Any, epoch: int) -> str:

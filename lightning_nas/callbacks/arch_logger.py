@@ -6,17 +6,18 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
+
+from lightning_nas.callbacks.protocols import missing_members
 
 __all__ = ["ArchLogger", "HasArchProbabilities", "mean_entropy"]
 
 Probabilities = Mapping[str, Mapping[Any, float]]
 
 
-@runtime_checkable
 class HasArchProbabilities(Protocol):
     """A module that learns a distribution over archs (ProxylessNAS logits, a PARSEC prior, ...)."""
 
@@ -83,7 +84,7 @@ class ArchLogger(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, HasArchProbabilities):
+        if missing_members(pl_module, ("arch_probabilities",)):
             raise TypeError(
                 f"ArchLogger needs a module with arch_probabilities() -> {{decision: {{value: probability}}}}; "
                 f"{type(pl_module).__name__} has none. Use it with a method that learns a distribution over archs, "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -24,11 +24,11 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_nas.arch import save_arch
+from lightning_nas.callbacks.protocols import missing_members
 
 __all__ = ["ControllerUpdate", "HasController"]
 
 
-@runtime_checkable
 class HasController(Protocol):
     """A module that searches with a controller: ``controller`` with ``log_prob(arch, program)``, and a space."""
 
@@ -66,10 +66,13 @@ class ControllerUpdate(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, HasController) or not hasattr(pl_module.controller, "log_prob"):
+        missing = missing_members(pl_module, ("controller", "space"))
+        if not missing and not hasattr(pl_module.controller, "log_prob"):
+            missing = ["controller.log_prob"]
+        if missing:
             raise TypeError(
                 f"ControllerUpdate needs a module with a `controller` offering log_prob(arch, program) and a `space`; "
-                f"{type(pl_module).__name__} has none. Use it with lightning_nas.modules.NASRLModule."
+                f"{type(pl_module).__name__} lacks {', '.join(missing)}. Use it with lightning_nas.modules.NASRLModule."
             )
         # trainer.log_dir broadcasts: every rank asks, rank 0 writes
         root = self.dirpath or str(Path(trainer.log_dir or trainer.default_root_dir) / "nasrl")

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 
-@runtime_checkable
 class SearchableModule(Protocol):
     """A module that trains a supernet: ``space`` is a :class:`~lightning_nas.spaces.SearchSpace`."""
 
     space: Any
+
+
+def missing_members(obj: Any, names: Iterable[str]) -> list[str]:
+    """The names in ``names`` that ``obj`` lacks, looked up as attribute access does.
+
+    ``isinstance(module, SomeRuntimeProtocol)`` cannot be used on an ``nn.Module``: from Python 3.12 it looks
+    members up with ``inspect.getattr_static``, which does not see submodules, parameters and buffers (they are
+    reached through ``nn.Module.__getattr__``). ``hasattr`` does, on every supported Python.
+    """
+    return [name for name in names if not hasattr(obj, name)]
 
 
 def require_space(pl_module: LightningModule, callback: str) -> Any:
