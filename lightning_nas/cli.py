@@ -19,6 +19,8 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lightning_nas.errors import find_user_error
+
 LINKED_FROM_DATA = ("num_classes", "input_size")
 
 
@@ -134,8 +136,21 @@ def space_from_config(config: str | Path) -> Any:
 
 
 def main() -> None:
-    """Entry point of the ``lightning-nas`` console script."""
-    cli_main(sys.argv[1:] or ["--help"])
+    """Entry point of the ``lightning-nas`` console script.
+
+    A :class:`~lightning_nas.errors.UserError` (a missing or wrong prerequisite, a bad arch or data root) ends
+    the run with its one-line message and exit code 2, however deep jsonargparse wrapped it; every other
+    exception keeps its traceback.
+    """
+    try:
+        # LightningCLI reads sys.argv itself when args is None (passing it again triggers its args warning)
+        cli_main(None if sys.argv[1:] else ["--help"])
+    except Exception as err:
+        found = find_user_error(err)
+        if found is None:
+            raise
+        print(f"lightning-nas: error: {found}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 __all__ = ["LightningNASCLI", "NASTrainer", "cli_main", "main", "space_from_config"]

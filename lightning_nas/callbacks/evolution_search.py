@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from typing_extensions import override
 
-from lightning_nas.arch import Arch, save_arch
+from lightning_nas.arch import Arch
 from lightning_nas.callbacks.protocols import SearchableModule, require_space
 from lightning_nas.search import constraints as _constraints
 from lightning_nas.search.constraints import Constraint
@@ -42,6 +42,7 @@ from lightning_nas.search.evaluate import (
     save_modes,
 )
 from lightning_nas.search.evolution import EvolutionConfig, EvolutionState, Record, arch_key, evolve, top_k
+from lightning_nas.search.output import next_command, publish_arch, run_folder
 from lightning_nas.spaces.base import SearchSpace
 
 __all__ = ["EvolutionSearch", "SearchableModule"]
@@ -73,15 +74,18 @@ class EvolutionSearch(Callback):
         calib_batch_size: their batch size (default: the loader's).
         val_batches: validation batches each candidate is scored on (``None``: all).
         seed: the search seed; each generation is seeded by ``(seed, constraint, generation)``.
-        output_dir: where outputs go (default: ``trainer.log_dir``).
+        output_dir: the search's root folder (default: ``trainer.default_root_dir``): the resume state and the
+            latest ``best_arch.json`` go there, everything else into a new ``evolution-<time>/`` folder per run.
         latency_table: path of a ``lightning_nas.cost.LatencyTable`` for ``latency_ms`` constraints.
         run_on_validate: also search when the trainer runs ``validate`` (serve new budgets from one checkpoint).
         test_best: after the search, score each best arch on the datamodule's test split (reported and saved in
             its arch JSON; the search itself never sees the test split).
 
-    Outputs (rank 0, in ``output_dir``): ``best_arch.json`` (``best_arch_<constraint>.json`` with several
-    constraints), ``search_history.jsonl``, ``search_topk.md``, ``search_pareto.png`` and
-    ``search_state.json`` (the resume point, rewritten after every generation); the same go to the loggers.
+    Outputs (rank 0, in the run's own ``<output_dir>/evolution-<time>/``, kept in ``run_dir``): ``best_arch.json``
+    (``best_arch_<constraint>.json`` with several constraints, and ``best_arch.json`` = the first constraint's),
+    ``search_history.jsonl``, ``search_topk.md``, ``search_pareto.png``; the best archs are copied to
+    ``<output_dir>`` (the latest answer, where ``recipes/retrain.yaml`` looks), beside ``search_state.json`` (the
+    resume point, rewritten after every generation); the same go to the loggers.
 
     Example::
 
@@ -109,6 +113,7 @@ class EvolutionSearch(Callback):
         self.calib_images, self.calib_batch_size, self.val_batches = calib_images, calib_batch_size, val_batches
         self.output_dir, self.latency_table_path, self.test_best = output_dir, latency_table, test_best
         self.test_scores: dict[str, float] = {}
+        self.run_dir: Path | None = None
         self.history: list[Record] = []
         self.best: dict[str, Record] = {}
         self._runs: list[EvolutionState] = []
@@ -169,7 +174,7 @@ class EvolutionSearch(Callback):
         space: SearchSpace = pl_module.space  # type: ignore[attr-defined]
         minimal = bool(trainer.fast_dev_run)
         config = EvolutionConfig(2, 1, 0, 0, self.config.mutation_prob, 1) if minimal else self.config
-        out_dir = None if minimal else Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        out_dir = None if minimal else Path(self.output_dir or trainer.default_root_dir)
         self._settings = self._make_settings(space, config)
         self._resume(trainer, out_dir)
         decisions = space.decisions()
@@ -346,20 +351,26 @@ def _write_json(path: Path, doc: Any) -> None:
 def _report(search: EvolutionSearch, trainer: Trainer, space: SearchSpace, out_dir: Path | None) -> None:
     """Files in ``out_dir`` (none under ``fast_dev_run``) and the same to the trainer's loggers."""
     files: dict[str, Path] = {}
+    folder = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, rec in search.best.items():
-            path = out_dir / ("best_arch.json" if len(search._runs) == 1 else f"best_arch_{name}.json")
+        folder = search.run_dir = run_folder(out_dir, "evolution")
+        for i, (name, rec) in enumerate(search.best.items()):
             extra = {"test_acc": search.test_scores[name]} if name in search.test_scores else {}
-            files[name] = save_arch(rec["arch"], path, space, score=rec["score"], costs=rec["costs"], constraint=name,
-                                    strategy=search.strategy, **extra)
-        with open(out_dir / "search_history.jsonl", "w") as f:
+            meta = {"score": rec["score"], "costs": rec["costs"], "constraint": name, "strategy": search.strategy,
+                    **extra}
+            # best_arch.json is the first constraint's answer (the one retrain.yaml reads by default)
+            stems = ["best_arch"] if len(search._runs) == 1 else [f"best_arch_{name}"] + (["best_arch"] if i == 0 else [])
+            for stem in stems:
+                files.setdefault(name, publish_arch(rec["arch"], space, folder, out_dir, stem, announce=False, **meta))
+        with open(folder / "search_history.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in search.history)
-        (out_dir / "search_topk.md").write_text(_topk_markdown(search))
-        _pareto_plot(search, out_dir / "search_pareto.png")
-    _log(search, trainer, out_dir, files)
+        (folder / "search_topk.md").write_text(_topk_markdown(search))
+        _pareto_plot(search, folder / "search_pareto.png")
+    _log(search, trainer, folder, files)
     for line in summary_lines(search):
         rank_zero_info(line)
+    if out_dir is not None:
+        rank_zero_info(f"Outputs: {folder}. Retrain the best arch: {next_command(out_dir / 'best_arch.json')}")
 
 
 def summary_lines(search: EvolutionSearch) -> list[str]:

@@ -27,10 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
+from lightning_nas.errors import MissingFileError
+
 Transform = Callable[[Any], Any]
 
 
-class DataRootError(FileNotFoundError):
+class DataRootError(MissingFileError):
     """A data root does not hold the files a datamodule expects.
 
     The message names the folder, the files looked for and how to get them.

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_nas.arch import load_arch
+from lightning_nas.arch import ArchError, load_arch, read_arch_file
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
 
 
@@ -22,9 +22,38 @@ def reset_parameters(module: nn.Module) -> nn.Module:
     return module
 
 
+def space_of_arch_file(path: str, num_classes: int, input_size: int, allow_settings_change: bool = False) -> Any:
+    """The space an arch file was searched in, rebuilt from its recorded class and settings for this data set.
+
+    ``num_classes`` is the data set's (an arch moves between data sets); the input size must be the one it was
+    searched at unless ``allow_settings_change``.
+
+    Raises:
+        ArchError: the file records no space class (written before format 2: give ``space``), or another input size.
+    """
+    import importlib
+
+    doc = read_arch_file(path)
+    if "space_class" not in doc or "settings" not in doc:
+        raise ArchError(f"Arch file {path!r} does not record its space's class and settings (written before format "
+                        "2): give the space it was searched in as `space` (--model.init_args.space=...).")
+    module, _, name = str(doc["space_class"]).rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    settings = {**doc["settings"], "num_classes": num_classes}
+    if "input_size" in settings and settings["input_size"] != input_size:
+        if not allow_settings_change:
+            raise ArchError(f"Arch file {path!r} was searched at input_size={settings['input_size']}, but the data "
+                            f"set has input_size={input_size}: use that data set, or set `allow_settings_change: "
+                            "true` to build the space at the new size on purpose.")
+        settings["input_size"] = input_size
+    return cls(**settings)
+
+
 def build_network(model: nn.Module | None, network: str | None, space: Any, arch: str | None, num_classes: int,
-                  input_size: int, init: str) -> nn.Module:
+                  input_size: int, init: str, allow_settings_change: bool = False) -> nn.Module:
     """The network to train from exactly one of ``model``, ``network`` (torchvision) or ``arch`` (+ ``space``).
+
+    An arch JSON without ``space`` is built in the space the file records (its class and settings).
 
     Raises:
         ValueError: when none or several are given, or ``init`` is unknown.
@@ -46,10 +75,10 @@ def build_network(model: nn.Module | None, network: str | None, space: Any, arch
         entry = get_published(str(arch))
         space = entry.build_space(num_classes=num_classes, input_size=input_size)
         chosen = entry.arch
-    elif space is None:
-        raise ValueError(f"arch {arch!r} is a JSON file: give the `space` it was searched in too")
     else:
-        chosen = load_arch(str(arch), space)
+        if space is None:
+            space = space_of_arch_file(str(arch), num_classes, input_size, allow_settings_change)
+        chosen = load_arch(str(arch), space, allow_settings_change=allow_settings_change)
     net = space.export(chosen)
     return reset_parameters(net) if init == "scratch" else net
 
@@ -60,8 +89,11 @@ class ClassificationModule(LightningModule):
     Args:
         model: any ``nn.Module`` producing logits.
         network: or a torchvision model name (``"resnet18"``), built with ``num_classes`` outputs.
-        space: the search space an ``arch`` JSON belongs to.
-        arch: or an arch JSON path (with ``space``) or the name of a published arch in the registry.
+        space: the search space an ``arch`` JSON belongs to (default: the space the file records, built for
+            this data set's classes).
+        arch: or an arch JSON path or the name of a published arch in the registry.
+        allow_settings_change: build an arch JSON in a ``space`` with other settings than it was searched in
+            (another width, depth or input size) on purpose; without it that is an error naming the settings.
         init: ``"scratch"`` re-initialises an exported arch; ``"inherit"`` keeps the supernet weights.
         num_classes: number of classes (linked from the datamodule by the CLI).
         input_size: input resolution (linked from the datamodule by the CLI).
@@ -85,10 +117,11 @@ class ClassificationModule(LightningModule):
         optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
         weight_decay: float = 5e-4, warmup_epochs: float = 0.0, lr_decay: str = "cosine",
         label_smoothing: float = 0.1, aux_weight: float = 0.4, drop_path: float = 0.0,
+        allow_settings_change: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "space"])
-        self.net = build_network(model, network, space, arch, num_classes, input_size, init)
+        self.net = build_network(model, network, space, arch, num_classes, input_size, init, allow_settings_change)
         top5 = min(5, num_classes)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_nas.arch import ArchError
+from lightning_nas.errors import MissingFileError, PrerequisiteError
 from lightning_nas.nn.quantize import QuantConv2d, QuantLinear
 
 __all__ = ["POLICY_FORMAT", "QuantizedNetwork", "apply_policy", "load_network", "load_policy", "quant_layers",
@@ -28,8 +29,19 @@ POLICY_FORMAT = 1
 # --- the network -------------------------------------------------------------------------------------
 def _read(path: str, what: str, how: str) -> Any:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist. {how}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingFileError(f"{what} {str(path)!r} does not exist. {how}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file at all (pickle, zip or tensor errors)
+        raise PrerequisiteError(f"{what} {str(path)!r} is not a PyTorch checkpoint ({type(err).__name__}). {how}") from None
+
+
+def module_hparams(ckpt: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """A checkpoint's ``hyper_parameters`` that ``cls`` takes (LightningCLI adds ``_class_path``/``_instantiator``)."""
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k in accepted and k != "self"}
 
 
 def _from_checkpoint(path: str) -> nn.Module:
@@ -38,10 +50,11 @@ def _from_checkpoint(path: str) -> nn.Module:
     ckpt = _read(path, "HAQ input checkpoint", "Train the network first, e.g. `lightning-nas fit --config "
                  "recipes/<...>.yaml` with a ModelCheckpoint(save_last=true) (it writes .../last.ckpt), or give "
                  "`network` + `weights` instead of `checkpoint`.")
-    hparams = dict(ckpt.get("hyper_parameters", {}))
+    hparams = module_hparams(ckpt, ClassificationModule)
     if not any(hparams.get(k) for k in ("network", "arch")):
-        raise ValueError(f"checkpoint {path!r} does not record how to rebuild its network (a ClassificationModule "
-                         "trained with `network:` or a published `arch:` name); give `network` + `weights` instead.")
+        raise PrerequisiteError(
+            f"HAQ input checkpoint {path!r} is not a ClassificationModule checkpoint (it does not record a `network` "
+            "or `arch` to rebuild): train one with a recipes/train/ recipe, or give `network` + `weights` instead.")
     module = ClassificationModule(**{**hparams, "init": "inherit"} if hparams.get("arch") else hparams)
     module.load_state_dict(ckpt["state_dict"])
     return module.net
@@ -132,11 +145,16 @@ def load_policy(path: str) -> dict[str, Any]:
         FileNotFoundError: naming the file and the search that writes it.
     """
     if not Path(path).is_file():
-        raise FileNotFoundError(f"HAQ policy {str(path)!r} does not exist: run the search first, e.g. `lightning-nas "
+        raise MissingFileError(f"HAQ policy {str(path)!r} does not exist: run the search first, e.g. `lightning-nas "
                                 "fit --config recipes/haq/cifar10.yaml` (it writes best_policy.json at fit end).")
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != POLICY_FORMAT or "layers" not in doc:
-        raise ArchError(f"{path!r} is not a HAQ policy file (format {POLICY_FORMAT} with a `layers` mapping)")
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = {}
+    if not isinstance(doc, dict) or doc.get("format") != POLICY_FORMAT or "layers" not in doc:
+        raise PrerequisiteError(f"{path!r} is not a HAQ policy file (format {POLICY_FORMAT} with a `layers` mapping): "
+                                "use the best_policy.json that `lightning-nas fit --config recipes/haq/<data>.yaml` "
+                                "writes.")
     return doc
 
 

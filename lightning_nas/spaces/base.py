@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_nas.arch import Arch, check_arch, values_equal
+from lightning_nas.arch import Arch, RecordsSettings, check_arch, values_equal
 from lightning_nas.nn.choice import Choice, freeze_module
 
 
@@ -36,7 +36,7 @@ class SubNetwork(nn.Module):
         return self.head(self.features(self.stem(x)))
 
 
-class SearchSpace(nn.Module):
+class SearchSpace(RecordsSettings, nn.Module):
     """A supernet made of choice modules.
 
     Subclasses build ``self.stem``, ``self.features`` and ``self.head`` (a forward is

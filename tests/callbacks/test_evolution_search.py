@@ -47,11 +47,14 @@ def test_outputs_written_and_loadable(tmp_path):
     arch = load_arch(out / "best_arch.json", module_space)
     doc = json.loads((out / "best_arch.json").read_text())
     assert arch == search.best["macs_le_60K"]["arch"] and doc["costs"]["macs"] <= 60000
-    lines = (out / "search_history.jsonl").read_text().splitlines()
+    run = search.run_dir
+    assert run is not None and run.parent == out and load_arch(run / "best_arch.json", module_space) == arch
+    assert doc["run_folder"] == str(run) and doc["settings"] == module_space.settings
+    lines = (run / "search_history.jsonl").read_text().splitlines()
     assert len(lines) == len(search.history) == len(search._cache) == 18
     assert all(json.loads(line)["costs"]["macs"] <= 60000 for line in lines)
-    assert (out / "search_pareto.png").stat().st_size > 1000
-    assert "| constraint | rank | score" in (out / "search_topk.md").read_text()
+    assert (run / "search_pareto.png").stat().st_size > 1000
+    assert "| constraint | rank | score" in (run / "search_topk.md").read_text()
     metrics = (Path(trainer.logger.log_dir) / "metrics.csv").read_text()
     assert "search/best_acc" in metrics and "search/best_macs" in metrics
 

@@ -11,7 +11,10 @@ from lightning.pytorch import Callback, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_nas.arch import save_arch
+import json
+import warnings
+
+from lightning_nas.arch import ArchError, save_arch
 from lightning_nas.datamodules import DigitsDataModule
 from lightning_nas.modules import ClassificationModule
 from lightning_nas.modules.optim import split_decay, warmup_schedule
@@ -25,7 +28,7 @@ def test_exactly_one_network_source() -> None:
         ClassificationModule()
     with pytest.raises(ValueError, match="exactly one"):
         ClassificationModule(network="resnet18", model=nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="give the `space`"):
+    with pytest.raises(ArchError, match="'found.json' does not exist: it is the best_arch.json a search writes"):
         ClassificationModule(arch="found.json")
 
 
@@ -125,3 +128,36 @@ def test_auxiliary_loss_and_drop_path_ramp(tmp_path: Path) -> None:
             enable_model_summary=False, callbacks=[record], default_root_dir=tmp_path).fit(
         ClassificationModule(model=_AuxNet(), num_classes=3, drop_path=0.2), data)
     assert record.seen == pytest.approx([0.0, 0.05, 0.1, 0.15])
+
+
+def test_arch_json_builds_the_space_it_records(tmp_path: Path) -> None:
+    space = ShuffleNetSpace(**TINY)
+    arch = space.sample(torch.Generator().manual_seed(1))
+    path = save_arch(arch, tmp_path / "a.json", space)
+    module = ClassificationModule(arch=str(path), num_classes=7, input_size=32)  # no space: the file's, 7 classes
+    assert module.net.arch == arch and module.net.head[-1].out_features == 7
+    with pytest.raises(ArchError, match="searched at input_size=32, but the data set has input_size=64"):
+        ClassificationModule(arch=str(path), num_classes=10, input_size=64)
+
+
+def test_arch_of_other_settings_refused_unless_asked(tmp_path: Path) -> None:
+    arch = ShuffleNetSpace(**TINY).sample(torch.Generator().manual_seed(2))
+    path = save_arch(arch, tmp_path / "a.json", ShuffleNetSpace(**TINY))
+    wider = ShuffleNetSpace(**{**TINY, "width_mult": 0.5})
+    with pytest.raises(ArchError, match=r"with width_mult=0.25 \(this space: 0.5\).*allow_settings_change"):
+        ClassificationModule(space=wider, arch=str(path))
+    with pytest.warns(UserWarning, match="loaded into this space as asked"):
+        module = ClassificationModule(space=wider, arch=str(path), allow_settings_change=True)
+    assert module.net.arch == arch
+
+
+def test_arch_file_without_settings_loads_with_a_warning(tmp_path: Path) -> None:
+    space = ShuffleNetSpace(**TINY)
+    arch = space.sample(torch.Generator().manual_seed(3))
+    old = tmp_path / "old.json"  # format 1: the space's name only
+    old.write_text(json.dumps({"space": "ShuffleNetSpace", "format": 1, "arch": arch}))
+    with pytest.warns(UserWarning, match="does not record its space's settings"):
+        assert ClassificationModule(space=space, arch=str(old)).net.arch == arch
+    with warnings.catch_warnings(), pytest.raises(ArchError, match="give the space it was searched in"):
+        warnings.simplefilter("ignore")
+        ClassificationModule(arch=str(old))
