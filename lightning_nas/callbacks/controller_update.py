@@ -23,8 +23,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_nas.arch import save_arch
 from lightning_nas.callbacks.protocols import missing_members
+from lightning_nas.search.output import publish_arch, run_folder
 
 __all__ = ["ControllerUpdate", "HasController"]
 
@@ -43,7 +43,8 @@ class ControllerUpdate(Callback):
         baseline_decay: decay of the moving-average baseline (ENAS: 0.99).
         entropy_weight: weight of the entropy bonus (ENAS: 1e-4; the paper: none).
         top_k: children kept in the best-children table.
-        dirpath: folder of ``children.jsonl`` and ``best_arch.json`` (default: ``<log_dir>/nasrl``).
+        dirpath: folder of ``children.jsonl`` and ``best_arch.json`` (default: a new
+            ``<default_root_dir>/nasrl-<time>/`` per run; the best arch is also copied to ``<default_root_dir>``).
 
     Example::
 
@@ -63,6 +64,7 @@ class ControllerUpdate(Callback):
         self.best: list[dict[str, Any]] = []
         self.children_seen = 0
         self.folder: Path | None = None
+        self.root: Path | None = None
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -74,9 +76,9 @@ class ControllerUpdate(Callback):
                 f"ControllerUpdate needs a module with a `controller` offering log_prob(arch, program) and a `space`; "
                 f"{type(pl_module).__name__} lacks {', '.join(missing)}. Use it with lightning_nas.modules.NASRLModule."
             )
-        # trainer.log_dir broadcasts: every rank asks, rank 0 writes
-        root = self.dirpath or str(Path(trainer.log_dir or trainer.default_root_dir) / "nasrl")
-        self.folder = Path(root)
+        self.root = Path(trainer.default_root_dir)
+        if trainer.is_global_zero and self.folder is None:  # rank 0 writes; a new folder per run
+            self.folder = Path(self.dirpath) if self.dirpath else run_folder(self.root, "nasrl")
 
     def update(self, pl_module: LightningModule, archs: Sequence[Mapping[str, Any]], rewards: Tensor,
                program: Sequence[Any]) -> dict[str, float]:
@@ -114,7 +116,7 @@ class ControllerUpdate(Callback):
         best = self.best[0]
         if best["child"] != previous:
             meta = {k: v for k, v in best.items() if k != "arch"}
-            save_arch(best["arch"], self.folder / "best_arch.json", space=pl_module.space.space_name, **meta)
+            publish_arch(best["arch"], pl_module.space, self.folder, self.root, announce=False, **meta)
             (self.folder / "top_children.json").write_text(json.dumps(self.best, indent=1) + "\n")
 
     @property

@@ -145,6 +145,8 @@ class EvolutionSearch(Callback):
             from lightning_nas.cost import LatencyTable
 
             self._latency = LatencyTable.load(self.latency_table_path)
+        if self._latency is not None:  # a table of another space is refused before any work
+            self._latency.check(pl_module.space)
         _constraints.check_feasible(pl_module.space, self.constraints, self._latency)
 
     @override
@@ -359,7 +361,8 @@ def _report(search: EvolutionSearch, trainer: Trainer, space: SearchSpace, out_d
             meta = {"score": rec["score"], "costs": rec["costs"], "constraint": name, "strategy": search.strategy,
                     **extra}
             # best_arch.json is the first constraint's answer (the one retrain.yaml reads by default)
-            stems = ["best_arch"] if len(search._runs) == 1 else [f"best_arch_{name}"] + (["best_arch"] if i == 0 else [])
+            stems = [f"best_arch_{name}"] if len(search._runs) > 1 else []
+            stems += ["best_arch"] if i == 0 else []
             for stem in stems:
                 files.setdefault(name, publish_arch(rec["arch"], space, folder, out_dir, stem, announce=False, **meta))
         with open(folder / "search_history.jsonl", "w") as f:

@@ -42,14 +42,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_nas.arch import Arch, save_arch
+from lightning_nas.arch import Arch
 from lightning_nas.callbacks.path_sampling import step_generator
+from lightning_nas.errors import MissingFileError, PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
 from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
 from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.search.output import publish_arch, run_folder
 from lightning_nas.spaces.base import SearchSpace
 
 __all__ = ["PARSECModule", "WeightedGradients", "importance_weights", "load_prior", "sample_indices",
@@ -157,20 +160,23 @@ def load_prior(path: str | Path, decisions: dict[str, list]) -> list[Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prior_init file {str(path)!r} does not exist: it is the prior.json a PARSEC search "
-                                "writes into its run folder (e.g. run recipes/parsec/cifar10.yaml first)")
+        raise MissingFileError(f"prior_init file {str(path)!r} does not exist: it is the prior.json a PARSEC search "
+                               "writes into its default_root_dir: run `lightning-nas fit --config "
+                               "recipes/parsec/cifar10.yaml` first (it writes runs/parsec-cifar10/prior.json).")
     try:
         doc = json.loads(path.read_text())
         saved_logits, saved_values = doc["logits"], doc["decisions"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"prior_init file {str(path)!r} is not a PARSEC prior.json ({err!r})") from None
+        raise PrerequisiteError(f"prior_init file {str(path)!r} is not a PARSEC prior.json ({type(err).__name__}): "
+                                "give the prior.json a PARSEC search wrote.") from None
     missing = [k for k in decisions if k not in saved_logits]
     extra = [k for k in saved_logits if k not in decisions]
     differ = [k for k in decisions if k in saved_logits and
               (list(saved_values.get(k, [])) != list(decisions[k]) or len(saved_logits[k]) != len(decisions[k]))]
     if missing or extra or differ:
-        raise ValueError(f"prior_init {str(path)!r} does not match this space's decisions: missing {missing}, "
-                         f"unknown {extra}, different values {differ}")
+        raise PrerequisiteError(f"prior_init {str(path)!r} does not match this space's decisions: missing "
+                                f"{missing[:3]}, unknown {extra[:3]}, different values {differ[:3]}: give a prior "
+                                "searched in a DartsCellSpace with the same ops and nodes per cell.")
     return [torch.tensor(saved_logits[k], dtype=torch.float32) for k in decisions]
 
 
@@ -221,6 +227,8 @@ class PARSECModule(FixedPathValidation, LightningModule):
         init = load_prior(prior_init, self._decisions) if prior_init else [torch.zeros(len(v))
                                                                            for v in self._decisions.values()]
         self.prior_logits = nn.ParameterList([nn.Parameter(a) for a in init])
+        if prior_init:
+            rank_zero_info(f"PARSEC: prior loaded from {prior_init} (entropy {self.prior_entropy():.2f} nats).")
         self._held_out = HeldOutBatches(seed)
         self.prior_steps = 0
         self.last_indices: Tensor | None = None  # the last weight step's archs, (K, decisions) value indices
@@ -341,7 +349,7 @@ class PARSECModule(FixedPathValidation, LightningModule):
 
     # --- outputs ----------------------------------------------------------------------------
     def _run_dir(self) -> Path:
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is a collective: all ranks
+        return Path(self.trainer.default_root_dir)  # prior.json (latest) and best_arch.json land here
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -387,7 +395,7 @@ class PARSECModule(FixedPathValidation, LightningModule):
         self.save_prior(folder / "prior.json")
         meta = {"final": self.hparams.final, **meta, "macs": macs(self.space, arch),
                 "params": params(self.space, arch), "probabilities": self.arch_probabilities()}
-        self.best_arch_path = save_arch(arch, folder / "best_arch.json", self.space, **meta)
+        self.best_arch_path = publish_arch(arch, self.space, run_folder(folder, "parsec"), folder, **meta)
 
     # --- checkpoints ------------------------------------------------------------------------
     @override

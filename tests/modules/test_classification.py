@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,6 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-import json
-import warnings
 
 from lightning_nas.arch import ArchError, save_arch
 from lightning_nas.datamodules import DigitsDataModule

@@ -174,7 +174,7 @@ def test_prior_init_transfers_and_checks_decisions(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"missing \['block1.op'\], unknown \['block9.op'\]"):
         PARSECModule(ToySpace(), prior_init=str(path))
-    with pytest.raises(FileNotFoundError, match="run recipes/parsec/cifar10.yaml first"):
+    with pytest.raises(FileNotFoundError, match="run `lightning-nas fit --config recipes/parsec/cifar10.yaml` first"):
         PARSECModule(ToySpace(), prior_init=str(tmp_path / "nope.json"))
 
 
