@@ -10,17 +10,27 @@ Three stages, by epoch (``pretrain_epochs``, ``search_epochs``, ``finetune_epoch
 2. **search**: controller epochs and meta-graph epochs in turn (the ``AlternatingEpochs`` callback). A
    controller epoch (Adam, lr 5e-4) scores the sampled and the greedy policy of each input on the frozen
    meta-graph (eval mode) and takes a self-critical policy-gradient step on ``R = R_T · R_A`` with an
-   entropy bonus; the latency window's upper bound falls linearly from ``0.7 L_max`` to ``0.5 L_mbv2``
-   over the stage. A meta-graph epoch (SGD) trains on policies sampled from the frozen controller and
-   permuted across the batch (the official trick: each input meets many sub-networks);
+   entropy bonus (``entropy``: official ``−p′ log p′`` by default, see ``controllers/instanas_policy.py``);
+   the latency window's upper bound falls linearly from ``0.7 L_max`` to ``0.5 L_mbv2`` over the stage. A
+   meta-graph epoch trains on policies sampled from the frozen controller and permuted across the batch
+   (the official trick: each input meets many sub-networks);
 3. **fine-tuning** of the meta-graph on the controller's greedy policies (what inference runs).
 
-Execution: validation, inference and the controller's scoring run **grouped** (each option only on
-the inputs that use it: real instance-aware speed). The meta-graph also trains grouped by default
-(``train_execution="grouped"``): its BatchNorm statistics then come from the inputs each option really
-serves at inference, and the cost of a step follows the policies. The official code trains masked
-(every option on the whole batch, BN statistics over the whole batch): ``train_execution="masked"``
-reproduces it. In eval mode the two are the same function.
+The search's meta-graph optimiser is the official one (``search/search.py``: ``optim.SGD(instanet.parameters(),
+lr=net_lr, weight_decay=wd)``, no momentum; the README's CIFAR command sets ``--lr 5e-4`` and no ``--net_lr``,
+so ``net_lr = lr = 5e-4``, and ``--wd`` defaults to 0; ImageNet: ``--net_lr 0.01``): ``search_lr`` 5e-4,
+``search_momentum`` 0, ``search_weight_decay`` 0, constant. Pre-training and fine-tuning use ``lr``/``finetune_lr``
+with ``momentum`` and ``weight_decay`` (one SGD; its groups are re-set at each step for the stage). The
+official CIFAR search is also far longer: 501 rounds of one controller and one meta-graph epoch (``--max_epochs
+500``, batch 32), where our recipes spend ``search_epochs`` on both together.
+
+Execution: validation, inference and the controller's scoring run **grouped** (each option only on the
+inputs that use it: real instance-aware speed; in eval mode the same function as masked). The meta-graph
+trains **masked** by default (``train_execution="masked"``, as the official code: every option on the whole
+batch, multiplied by its 0/1 column, so each option's BatchNorm normalises over the whole batch).
+``train_execution="grouped"`` (our variant) trains each option only on the inputs routed to it: its
+BatchNorm statistics then come from the inputs it really serves at inference, and a step costs what the
+policies cost instead of every option on every input.
 
 Latencies come from an :class:`~lightning_nas.spaces.instanas.OptionLatency` table timed on the CPU at
 start-up (rank 0, broadcast; cached in ``latency_cache`` when given, and kept in checkpoints).
@@ -44,6 +54,7 @@ from typing_extensions import override
 from lightning_nas.callbacks.alternating_epochs import AlternatingEpochs
 from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.controllers.instanas_policy import (
+    ENTROPIES,
     InstaNASPolicy,
     encourage,
     greedy_policy,
@@ -67,18 +78,21 @@ class InstaNASModule(LightningModule):
         search_epochs: stage 2 length (controller and meta-graph epochs alternate).
         finetune_epochs: stage 3 length.
         lr: meta-graph SGD lr of pre-training (cosine to 0 over the stage).
-        search_lr: meta-graph lr in the search's meta-graph epochs (constant).
+        search_lr: meta-graph lr in the search's meta-graph epochs (constant; official CIFAR 5e-4).
         finetune_lr: meta-graph lr of fine-tuning (cosine to 0 over the stage).
-        momentum: SGD momentum.
-        weight_decay: decay of the meta-graph's conv/linear weights.
+        momentum: SGD momentum of pre-training and fine-tuning.
+        weight_decay: decay of the meta-graph's conv/linear weights in pre-training and fine-tuning.
+        search_momentum: SGD momentum in the search's meta-graph epochs (official 0).
+        search_weight_decay: conv/linear weight decay in the search's meta-graph epochs (official 0).
         label_smoothing: cross-entropy label smoothing.
         controller_lr: Adam lr of the controller (official 5e-4).
         alpha: encouragement ``p′ = α p + (1 − α)(1 − p)``.
         entropy_weight: β of the entropy bonus (official 0.8).
+        entropy: ``"plogp"`` (official ``Σ −p′ log p′``) or ``"bernoulli"`` (full Bernoulli entropy).
         correct_reward: ``R_A`` of a correct prediction (official 30).
         wrong_reward: the reward of a wrong prediction (official 0).
         final_keep_prob: drop-path keep probability at the end of pre-training.
-        train_execution: ``"grouped"`` or ``"masked"`` meta-graph training (see the module docstring).
+        train_execution: ``"masked"`` (official) or ``"grouped"`` meta-graph training (see the module docstring).
         latency_cache: a JSON file for the option latency table: loaded when it matches the space, else
             measured and written (rank 0).
         latency_batch_size: the batch the latencies are timed at.
@@ -89,10 +103,11 @@ class InstaNASModule(LightningModule):
 
     def __init__(
         self, space: InstaNASSpace, controller: InstaNASPolicy | None = None, pretrain_epochs: int = 100,
-        search_epochs: int = 100, finetune_epochs: int = 50, lr: float = 0.1, search_lr: float = 0.01,
-        finetune_lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 4e-5, label_smoothing: float = 0.0,
-        controller_lr: float = 5e-4, alpha: float = 0.8, entropy_weight: float = 0.8, correct_reward: float = 30.0,
-        wrong_reward: float = 0.0, final_keep_prob: float = 0.5, train_execution: str = "grouped",
+        search_epochs: int = 100, finetune_epochs: int = 50, lr: float = 0.1, search_lr: float = 5e-4,
+        finetune_lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 4e-5, search_momentum: float = 0.0,
+        search_weight_decay: float = 0.0, label_smoothing: float = 0.0, controller_lr: float = 5e-4,
+        alpha: float = 0.8, entropy_weight: float = 0.8, entropy: str = "plogp", correct_reward: float = 30.0,
+        wrong_reward: float = 0.0, final_keep_prob: float = 0.5, train_execution: str = "masked",
         latency_cache: str | None = None, latency_batch_size: int = 1, latency_repeats: int = 5, seed: int = 0,
         num_examples: int = 8,
     ) -> None:
@@ -101,6 +116,8 @@ class InstaNASModule(LightningModule):
             raise TypeError(f"InstaNASModule needs an InstaNASSpace, got {type(space).__name__}")
         if train_execution not in EXECUTIONS:
             raise ValueError(f"train_execution must be one of {EXECUTIONS}, got {train_execution!r}")
+        if entropy not in ENTROPIES:
+            raise ValueError(f"entropy must be one of {ENTROPIES}, got {entropy!r}")
         if min(pretrain_epochs, search_epochs, finetune_epochs) < 0 or not 0 < final_keep_prob <= 1:
             raise ValueError("InstaNASModule needs stage lengths >= 0 and 0 < final_keep_prob <= 1")
         self.save_hyperparameters(ignore=["space", "controller"])
@@ -230,8 +247,7 @@ class InstaNASModule(LightningModule):
 
     def _supernet_step(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
         optimizer = self.optimizers()[0]
-        for group in optimizer.param_groups:
-            group["lr"] = self._supernet_lr(batch_idx)
+        self._set_supernet_groups(optimizer, batch_idx)
         policy = self._supernet_policy(x, batch_idx)
         logits = self.space.forward_policy(x, policy, self.hparams.train_execution)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
@@ -243,6 +259,15 @@ class InstaNASModule(LightningModule):
         latency = self._table().of(policy).mean().item()
         self.log_dict({"train/loss": loss.detach(), "train/acc": acc, "train/latency_ms": latency}, prog_bar=True,
                       batch_size=len(y))
+
+    def _set_supernet_groups(self, optimizer: Any, batch_idx: int) -> None:
+        """The stage's lr, momentum and weight decay (the search's SGD is the official plain one)."""
+        hp, search = self.hparams, self.phase not in ("pretrain", "finetune")
+        momentum = hp.search_momentum if search else hp.momentum
+        decay = hp.search_weight_decay if search else hp.weight_decay
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"], group["momentum"] = self._supernet_lr(batch_idx), momentum
+            group["weight_decay"] = decay if i == 0 else 0.0  # split_decay: group 0 holds the conv/linear weights
 
     def _supernet_lr(self, batch_idx: int) -> float:
         hp, epoch = self.hparams, self._epoch_progress(batch_idx)
@@ -268,7 +293,7 @@ class InstaNASModule(LightningModule):
         r_s = rewards(lat_s, right_s.cpu(), ub, lb, hp.correct_reward, hp.wrong_reward)
         r_g = rewards(lat_g, right_g.cpu(), ub, lb, hp.correct_reward, hp.wrong_reward)
         advantage = (r_s - r_g).to(device=probs.device, dtype=probs.dtype)
-        loss = policy_loss(encouraged, sampled, advantage, hp.entropy_weight)
+        loss = policy_loss(encouraged, sampled, advantage, hp.entropy_weight, hp.entropy)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()

@@ -194,6 +194,77 @@ def test_resume_mid_search_stage_continues_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+class SupernetSteps(Callback):
+    """Per meta-graph step: phase, SGD settings, execution, and the stem weight before/after with its grad."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+        self.executions: set[str] = set()
+
+    def on_train_start(self, trainer: Trainer, pl_module: InstaNASModule) -> None:
+        for cell in pl_module.space.cells:
+            cell.register_forward_pre_hook(lambda m, a: self.executions.add(m.execution))
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.executions = set()
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: InstaNASModule, optimizer: Any) -> None:
+        if pl_module.phase == "controller":
+            return
+        w = pl_module.space.stem.conv.weight
+        groups = [(g["lr"], g["momentum"], g["weight_decay"]) for g in trainer.optimizers[0].param_groups]
+        self.steps.append({"phase": pl_module.phase, "groups": groups, "before": w.detach().clone(),
+                           "grad": w.grad.detach().clone()})
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: InstaNASModule, *args: Any) -> None:
+        if pl_module.phase != "controller":
+            self.steps[-1]["after"] = pl_module.space.stem.conv.weight.detach().clone()
+            self.steps[-1]["execution"] = set(self.executions)
+
+
+def test_search_trains_the_meta_graph_masked_with_plain_sgd(tmp_path):
+    model, steps = _module(tmp_path), SupernetSteps()
+    _trainer(tmp_path, 4, [AlternatingEpochs(), steps]).fit(model, datamodule=ImageData())
+    phases = [s["phase"] for s in steps.steps]
+    assert phases == ["pretrain"] * 4 + ["supernet"] * 4 + ["finetune"] * 4
+    for s in steps.steps:
+        assert s["execution"] == {"masked"}  # official: every option on the whole batch, whole-batch BN
+        if s["phase"] == "supernet":  # official search.py: SGD(lr=net_lr=5e-4, weight_decay=0), no momentum
+            assert s["groups"] == [(5e-4, 0.0, 0.0), (5e-4, 0.0, 0.0)]
+            torch.testing.assert_close(s["after"], s["before"] - 5e-4 * s["grad"], atol=1e-9, rtol=0)
+        else:
+            assert [g[1:] for g in s["groups"]] == [(0.9, 4e-5), (0.9, 0.0)]
+
+
+def test_grouped_training_and_the_old_search_optimiser_are_named_options(tmp_path):
+    model = _module(tmp_path, train_execution="grouped", search_lr=0.01, search_momentum=0.9,
+                    search_weight_decay=4e-5, entropy="bernoulli")
+    steps = SupernetSteps()
+    _trainer(tmp_path, 4, [AlternatingEpochs(), steps]).fit(model, datamodule=ImageData())
+    search = [s for s in steps.steps if s["phase"] == "supernet"]
+    assert search and all(s["groups"] == [(0.01, 0.9, 4e-5), (0.01, 0.9, 0.0)] for s in search)
+    assert all(s["execution"] == {"grouped"} for s in steps.steps)
+
+
+def test_defaults_and_recipes_are_the_official_search(tmp_path):
+    import yaml
+
+    model = InstaNASModule(_space())
+    hp = model.hparams
+    assert (hp.search_lr, hp.search_momentum, hp.search_weight_decay) == (5e-4, 0.0, 0.0)
+    assert (hp.train_execution, hp.entropy, hp.entropy_weight) == ("masked", "plogp", 0.8)
+    assert model.space.identity == "per_option" and not model.controller.pool_input
+    root = Path(__file__).resolve().parents[2] / "recipes" / "instanas"
+    recipes = sorted(root.glob("*.yaml"))
+    assert len(recipes) == 4
+    for path in recipes:
+        args = yaml.safe_load(path.read_text())["model"]["init_args"]
+        assert args["search_lr"] == (0.01 if path.stem == "imagenet" else 5e-4), path.name  # official net_lr
+        assert (args["search_momentum"], args["search_weight_decay"]) == (0.0, 0.0), path.name
+        assert (args["train_execution"], args["entropy"]) == ("masked", "plogp"), path.name
+        assert args["space"]["init_args"]["identity"] == "per_option", path.name
+
+
 class StopAfter(Callback):
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
