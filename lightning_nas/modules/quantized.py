@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.arch import ArchError
 from lightning_nas.errors import MissingFileError, PrerequisiteError
 from lightning_nas.nn.quantize import QuantConv2d, QuantLinear
 
-__all__ = ["POLICY_FORMAT", "QuantizedNetwork", "apply_policy", "load_network", "load_policy", "quant_layers",
-           "quantize_network"]
+__all__ = ["POLICY_FORMAT", "QuantizedNetwork", "apply_policy", "calibrate", "finetune", "load_network", "load_policy",
+           "quant_layers", "quantize_network", "top1"]
 
 POLICY_FORMAT = 1
 
@@ -116,7 +117,8 @@ def quant_layers(net: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
 def apply_policy(net: nn.Module, policy: Mapping[str, Any]) -> nn.Module:
     """Set each quantized layer's bits (and, when given, ``act_max``/``act_signed``) from ``policy``.
 
-    ``policy`` maps layer name → ``{"wbits", "abits", ["act_max", "act_signed"]}`` or ``(wbits, abits)``.
+    ``policy`` maps layer name → ``{"wbits", "abits", ["act_max", "act_signed", "quantizer", "w_range"]}`` or
+    ``(wbits, abits)``.
 
     Raises:
         ArchError: naming an unknown or missing layer.
@@ -129,13 +131,64 @@ def apply_policy(net: nn.Module, policy: Mapping[str, Any]) -> nn.Module:
     for name, spec in policy.items():
         layer = layers[name]
         if isinstance(spec, Mapping):
-            layer.wbits, layer.abits = int(spec["wbits"]), int(spec["abits"])
-            if "act_max" in spec:
-                layer.act_max.fill_(float(spec["act_max"]))
-            layer.act_signed = bool(spec.get("act_signed", layer.act_signed))
+            layer.load_quant_spec(spec)
         else:
             layer.wbits, layer.abits = (int(b) for b in spec)
     return net
+
+
+# --- calibration, fine-tune, accuracy (one HAQ episode) ------------------------------------------------
+def calibrate(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> None:
+    """Fresh quantization ranges from forwards of ``batches`` in eval mode (BatchNorm statistics untouched).
+
+    Each quantized layer measures as its ``quantizer`` does (``begin_calibration``): ``"haq"`` from the float
+    network, per batch (the official ``calibrate`` uses one), ``"ema"`` a moving average of quantized forwards.
+    """
+    net.eval()
+    layers = quant_layers(net).values()
+    for layer in layers:
+        layer.begin_calibration()
+    with torch.no_grad():
+        for x, _ in batches:
+            net(x.to(device))
+    for layer in layers:
+        layer.end_calibration()
+
+
+def finetune(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], lr: float, weight_decay: float,
+             device: torch.device) -> float:
+    """One pass of SGD (momentum 0.9, a fresh optimizer) over ``batches``.
+
+    Returns:
+        The running top-1 of the pass (each batch scored in train mode just before its step): the accuracy the
+        official HAQ ``_finetune`` returns and rewards.
+    """
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    net.train()
+    correct = total = 0
+    with torch.enable_grad():
+        for x, y in batches:
+            y = y.to(device)
+            logits = net(x.to(device))
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            correct += int((logits.detach().argmax(1) == y).sum())
+            total += len(y)
+    net.eval()
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def top1(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> float:
+    """Eval-mode top-1 of ``net`` over ``batches``, moved to ``device``."""
+    net.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((net(x.to(device)).argmax(1) == y.to(device)).sum())
+        total += len(y)
+    return correct / max(total, 1)
 
 
 def load_policy(path: str) -> dict[str, Any]:
