@@ -7,18 +7,44 @@ Every conv and linear layer of a trained network becomes a fake-quantized layer.
 walks the layers first → last, choosing weight bits then activation bits for each (a continuous action
 ``a ∈ [0, 1]`` → ``round(b_min − 0.5 + a·(b_max − b_min + 1))``); the policy is then pushed under the
 hardware budget (:func:`~lightning_nas.cost.hardware.fit_budget`), the network is quantized with it,
-activation ranges are calibrated on fixed training batches, optionally fine-tuned for a few batches, and
-scored on the held-out validation split. Reward ``0.1 × (acc_quant − acc_float)`` (accuracies in %) for
-every transition of the episode. The float weights are restored after every episode. As the official
-environment does, the first and the last layer are kept at ``max_bits`` (8) for weights and activations
-whatever the agent chose (``keep_first_last``); the budget walk never lowers them.
+calibrated, fine-tuned and scored; reward ``0.1 × (acc_quant − acc_float)`` (accuracies in %) for every
+transition of the episode. The float weights are restored after every episode.
+
+What the official code does, and where (mit-han-lab/haq):
+
+- ``rl_quantize.py`` runs ``LinearQuantizeEnv`` with ``finetune_flag=True``, ``finetune_epoch=1``,
+  ``finetune_lr=1e-3``, ``train_size=20000``, ``val_size=10000`` (both carved out of the training set).
+- ``lib/env/linear_quantize_env.py``, ``step``: after the last action, ``_final_action_wall`` (the budget walk),
+  ``calibrate`` on one training batch, then ``_finetune`` for one epoch over the 20k split with SGD (lr 1e-3,
+  momentum 0.9, weight decay 4e-5, a fresh optimizer each episode in ``reset``); the accuracy it returns, and
+  the reward uses, is the running top-1 of that fine-tune epoch (train mode, measured batch by batch while
+  training). The float accuracy it is compared with (``org_acc``) is the float network's eval-mode top-1 on
+  the same 20k split (``_validate(self.train_loader)``), not on the 10k validation split.
+- ``_keep_first_last_layer``: the first and last layer at 8 bits, except the first layer's input, which is
+  not quantized (``a_bit = -1``: "input image is already 8 bit").
+- ``lib/utils/quantize_utils.py``, ``QModule``: the linear quantizer of our ``quantizer="haq"``
+  (:mod:`lightning_nas.nn.quantize`): per-tensor symmetric weights at ``max|w|`` from 5 bits, KL threshold
+  below; activations clipped at ``min(6, max|x|)`` of the calibration batch, KL threshold below 5 bits.
+
+Here, by default (the official behaviour): ``quantizer="haq"``, ``calib_batches=1``,
+``finetune_batches="epoch"`` (one pass over the datamodule's training part; recipes give the batches of 20k
+images), ``reward_split="finetune"`` (the fine-tune's running top-1 against the float network on the same
+batches), the first layer's input in float. Deliberate differences: the calibration and fine-tune batches are
+the datamodule's fixed ``calibration_dataloader`` (the same images and augmentation every episode, so rewards
+compare policies, not batches; the official loader reshuffles); the official activation range is an
+``nn.Parameter`` that the fine-tune also trains (PACT-style gradient), ours stays at its calibrated value; the
+official env applies ``_keep_first_last_layer`` only inside the budget walk, so a policy already under budget
+keeps the agent's first/last bits, while ours pins them always (``keep_first_last``), pricing the float first
+input at ``max_bits`` (the official table lookup with ``-1`` bits reads the 7-bit column). Named alternatives:
+``quantizer="ema"`` (ours: per-channel weights, moving-average activation ranges), ``reward_split="val"``
+(accuracy after the fine-tune on held-out validation batches, against the float network on them).
 
 Lightning design: the trainer's training loop is the episode clock. Each training step runs one whole
 episode (the batch it is given is not used: episodes score every policy on the *same* cached
-calibration and validation batches, so rewards compare policies, not batches); the agent's own Adam
-optimizers and the per-episode SGD fine-tune are not Lightning's (manual optimization, no
-``configure_optimizers``), and the global step is advanced once per episode so ``max_steps``,
-``ModelCheckpoint(every_n_train_steps=...)`` and loggers count episodes. Training stops after
+calibration, fine-tune and validation batches); the agent's own Adam optimizers and the per-episode SGD
+fine-tune are not Lightning's (manual optimization, no ``configure_optimizers``), and the global step is
+advanced once per episode so ``max_steps``, ``ModelCheckpoint(every_n_train_steps=...)`` and loggers count
+episodes; ``haq/finetune_s`` in the progress bar is the episode's fine-tune time. Training stops after
 ``episodes`` episodes. Checkpoints carry the agent (networks, targets, optimizers, replay buffer, RNG),
 the episode counter and the best policy, so a resumed run continues the search. Single device only:
 episodes are sequential, so DDP would only repeat them (a clear error says so).
@@ -27,13 +53,13 @@ episodes are sequential, so DDP would only repeat them (a clear error says so).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
@@ -53,12 +79,15 @@ from lightning_nas.modules.quantized import (
     POLICY_FORMAT,
     QuantizedNetwork,
     apply_policy,
+    calibrate,
+    finetune,
     load_network,
     load_policy,
     quant_layers,
     quantize_network,
+    top1,
 )
-from lightning_nas.nn.quantize import FLOAT_BITS
+from lightning_nas.nn.quantize import FLOAT_BITS, QUANTIZERS
 
 __all__ = ["HAQModule", "QuantizedNetwork", "action_to_bits", "apply_policy", "layer_states", "load_network",
            "load_policy", "quantize_network", "rollout"]
@@ -113,39 +142,16 @@ def rollout(agent: DDPG, static: Tensor, episode: int, min_bits: int = 2, max_bi
     return torch.stack(states), torch.stack(actions), policy
 
 
-# --- evaluation of one policy --------------------------------------------------------------------------
-def _calibrate(net: nn.Module, batches: Iterable[Batch], device: torch.device) -> None:
-    """Fresh activation ranges: act_max EMA from train-mode forwards of the quantized layers only (BN untouched)."""
-    net.eval()
-    for layer in quant_layers(net).values():
-        layer.act_max.zero_()
-        layer.train()
-    with torch.no_grad():
-        for x, _ in batches:
-            net(x.to(device))
-    net.eval()
-
-
-def _finetune(net: nn.Module, batches: Iterable[Batch], lr: float, device: torch.device) -> None:
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    net.train()
-    with torch.enable_grad():
-        for x, y in batches:
-            loss = F.cross_entropy(net(x.to(device)), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    net.eval()
-
-
-@torch.no_grad()
-def _accuracy(net: nn.Module, batches: Iterable[Batch], device: torch.device) -> float:
-    net.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((net(x.to(device)).argmax(1) == y.to(device)).sum())
-        total += len(y)
-    return correct / max(total, 1)
+def _check_scoring(quantizer: str, finetune_batches: int | str, reward_split: str) -> None:
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer={quantizer!r} must be one of {QUANTIZERS}")
+    if finetune_batches != "epoch" and not (isinstance(finetune_batches, int) and finetune_batches >= 0):
+        raise ValueError(f"finetune_batches={finetune_batches!r} must be a number of batches (>= 0) or 'epoch'")
+    if reward_split not in ("finetune", "val"):
+        raise ValueError(f"reward_split={reward_split!r} must be 'finetune' or 'val'")
+    if reward_split == "finetune" and finetune_batches == 0:
+        raise ValueError("reward_split='finetune' scores the per-episode fine-tune, but finetune_batches=0: give "
+                         "finetune_batches ('epoch' or a number) or reward_split='val'")
 
 
 # --- the search ------------------------------------------------------------------------------------------
@@ -166,10 +172,18 @@ class HAQModule(LightningModule):
         max_bits: highest bit-width.
         episodes: episodes to run (official: 600).
         warmup: episodes of random actions (official: 20).
-        calib_batches: training batches that calibrate the activation ranges of each policy.
-        finetune_batches: SGD steps (lr ``finetune_lr``, momentum 0.9) per episode; 0 = no fine-tune.
+        quantizer: ``"haq"`` (the official linear quantizer) or ``"ema"`` (ours); see
+            :mod:`lightning_nas.nn.quantize`.
+        calib_batches: training batches that calibrate the ranges of each policy (official: 1).
+        finetune_batches: SGD steps (lr ``finetune_lr``, momentum 0.9) per episode on fixed training batches;
+            ``"epoch"``: one pass over the training part (official: one epoch over 20k images); 0: none.
         finetune_lr: fine-tune learning rate (official: 1e-3).
-        val_batches: held-out batches each policy is scored on (``None``: the whole validation split).
+        finetune_weight_decay: fine-tune weight decay (official: 4e-5).
+        reward_split: ``"finetune"`` (official): the reward's accuracy is the fine-tune's running top-1, against
+            the float network's top-1 on the same batches; ``"val"``: the accuracy after the fine-tune on the
+            held-out ``val_batches``, against the float network's on them.
+        val_batches: held-out batches for ``reward_split="val"`` and the fit-end comparison (``None``: the whole
+            validation split).
         cache_batches: keep the calibration/validation batches in memory instead of reloading them.
         reward_scale: λ of the reward ``λ · (acc_quant − acc_float)`` in % (official: 0.1).
         actor_lr: DDPG actor learning rate.
@@ -184,16 +198,19 @@ class HAQModule(LightningModule):
         seed: the agent's seed.
         output_dir: where ``best_policy.json`` goes (default: the trainer's ``default_root_dir``).
         compare: evaluate uniform 8-bit and 4-bit next to the best policy at fit end.
-        keep_first_last: keep the first and last layer at ``max_bits`` (official: 8/8); the agent still acts
-            for them (its transitions are learned from), its choice is overridden.
+        keep_first_last: keep the first and last layer at ``max_bits`` (official: 8/8) and the first layer's
+            input in float (official: bits −1), priced at ``max_bits``; the agent still acts for them (its
+            transitions are learned from), its choice is overridden.
     """
 
     def __init__(
         self, model: nn.Module | None = None, checkpoint: str | None = None, network: str | None = None,
         weights: str | None = None, allow_untrained: bool = False, num_classes: int = 10, input_size: int = 32,
         hardware: HardwareModel | None = None, budget_ratio: float = 0.5, min_bits: int = 2, max_bits: int = 8,
-        episodes: int = 600, warmup: int = 20, calib_batches: int = 2, finetune_batches: int = 0,
-        finetune_lr: float = 1e-3, val_batches: int | None = 10, cache_batches: bool = True,
+        episodes: int = 600, warmup: int = 20, quantizer: Literal["haq", "ema"] = "haq", calib_batches: int = 1,
+        finetune_batches: int | Literal["epoch"] = "epoch", finetune_lr: float = 1e-3,
+        finetune_weight_decay: float = 4e-5, reward_split: Literal["finetune", "val"] = "finetune",
+        val_batches: int | None = 10, cache_batches: bool = True,
         reward_scale: float = 0.1, actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01,
         discount: float = 1.0, agent_batch_size: int = 64, replay_per_layer: int = 128, hidden: int = 300,
         init_noise: float = 0.5, noise_decay: float = 0.99, seed: int = 0, output_dir: str | None = None,
@@ -206,6 +223,7 @@ class HAQModule(LightningModule):
         if not 0 < budget_ratio <= 1:
             raise ValueError(f"budget_ratio={budget_ratio} must be in (0, 1]: a fraction of the all-{max_bits}-bit "
                              "cost")
+        _check_scoring(quantizer, finetune_batches, reward_split)
         self.save_hyperparameters(ignore=["model", "hardware"])
         self.automatic_optimization = False
         self.hardware = hardware if hardware is not None else BitSerialAccelerator("edge")
@@ -215,6 +233,7 @@ class HAQModule(LightningModule):
         self.agent: DDPG | None = None
         self._pending: dict[str, Any] | None = None
         self._ready = False
+        self.finetune_s = 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -224,15 +243,24 @@ class HAQModule(LightningModule):
         dm = self.trainer.datamodule
         if dm is None:
             raise ValueError("HAQModule needs a datamodule: trainer.fit(model, datamodule=dm) (a recipe's `data:`)")
-        hp = self.hparams
-        n = max(hp.calib_batches, hp.finetune_batches, 1)
+        n = self._train_batches()
         calib = (dm.calibration_dataloader(num_batches=n) if hasattr(dm, "calibration_dataloader")
                  else dm.train_dataloader())
         return calib, dm.val_dataloader()
 
+    def _train_batches(self) -> int | None:
+        """Training batches an episode reads (``None``: all, for a one-epoch fine-tune)."""
+        hp = self.hparams
+        return None if hp.finetune_batches == "epoch" else max(hp.calib_batches, hp.finetune_batches, 1)
+
+    @property
+    def finetunes(self) -> bool:
+        return self.hparams.finetune_batches == "epoch" or self.hparams.finetune_batches > 0
+
     def _batches(self, which: str) -> Iterable[Batch]:
         hp = self.hparams
-        n = {"calib": hp.calib_batches, "finetune": hp.finetune_batches, "val": hp.val_batches}[which]
+        finetune = None if hp.finetune_batches == "epoch" else hp.finetune_batches
+        n = {"calib": hp.calib_batches, "finetune": finetune, "val": hp.val_batches}[which]
         source = self._val_loader if which == "val" else self._calib_loader
         if which != "val" and self._cache is not None:
             return self._cache["train"][:n]
@@ -247,7 +275,7 @@ class HAQModule(LightningModule):
         self._calib_loader, self._val_loader = self._loaders()
         self._cache = None
         if hp.cache_batches:
-            self._cache = {"train": list(islice(self._calib_loader, max(hp.calib_batches, hp.finetune_batches, 1))),
+            self._cache = {"train": list(islice(self._calib_loader, self._train_batches())),
                            "val": list(islice(self._val_loader, hp.val_batches))}
         sample = next(iter(self._batches("calib")))[0].to(self.device)
         self._float_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
@@ -255,7 +283,7 @@ class HAQModule(LightningModule):
         self._names = [p.name for p in self.layers]
         qlayers = quant_layers(self.net)
         for p in self.layers:
-            qlayers[p.name].act_signed = p.act_signed
+            qlayers[p.name].act_signed, qlayers[p.name].quantizer = p.act_signed, hp.quantizer
         self._table = cost_lookup(self.hardware, self.layers, hp.max_bits)
         self.full_cost = policy_cost(self._table, [(hp.max_bits, hp.max_bits)] * len(self.layers))
         self.target = hp.budget_ratio * self.full_cost
@@ -267,7 +295,9 @@ class HAQModule(LightningModule):
                              f"{type(self.hardware).__name__}{self._pin_note()}; raise budget_ratio or lower "
                              "min_bits")
         self._static = layer_states(self.layers)
-        self.acc_float = _accuracy(self.net, self._batches("val"), self.device)
+        # the reward's reference: the float network on the batches the reward's accuracy comes from
+        reference = "finetune" if hp.reward_split == "finetune" else "val"
+        self.acc_float = top1(self.net, self._batches(reference), self.device)
         if self.agent is None:
             self.agent = DDPG(self._static.shape[1] + 2, 1, hp.replay_per_layer * len(self.layers), hp.hidden,
                               hp.actor_lr, hp.critic_lr, hp.tau, hp.discount, hp.agent_batch_size, hp.warmup,
@@ -276,7 +306,7 @@ class HAQModule(LightningModule):
             self._restore(self._pending)
         self._ready = True
         self.net.train()
-        rank_zero_info(f"HAQ: {len(self.layers)} layers, float acc {self.acc_float:.4f}, budget "
+        rank_zero_info(f"HAQ: {len(self.layers)} layers, float acc {self.acc_float:.4f} ({reference}), budget "
                        f"{self.target:.4g} {self.hardware.unit} ({hp.budget_ratio:g} × all-{hp.max_bits}-bit)")
 
     @override
@@ -295,6 +325,14 @@ class HAQModule(LightningModule):
         top, pinned = self.hparams.max_bits, self.pinned
         return [(top, top) if i in pinned else (int(w), int(a)) for i, (w, a) in enumerate(policy)]
 
+    def network_bits(self, policy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The bits the network runs for a priced ``policy``: the first layer's input in float when the first
+        layer is pinned (the official ``a_bit = -1``; it is still priced at its ``max_bits``)."""
+        bits = [(int(w), int(a)) for w, a in policy]
+        if 0 in self.pinned and bits:
+            bits[0] = (bits[0][0], FLOAT_BITS)
+        return bits
+
     def _pin_note(self) -> str:
         return " with the first and last layer kept at max_bits (keep_first_last)" if self.pinned else ""
 
@@ -303,23 +341,32 @@ class HAQModule(LightningModule):
         for name, (w, a) in zip(self._names, policy):
             qlayers[name].wbits, qlayers[name].abits = int(w), int(a)
 
-    def evaluate(self, policy: Sequence[tuple[int, int]]) -> tuple[float, dict[str, float]]:
-        """Validation accuracy of ``policy`` after calibration (and fine-tuning); the float network is restored.
+    def evaluate(self, policy: Sequence[tuple[int, int]],
+                 batches: Iterable[Batch] | None = None) -> tuple[float, dict[str, dict[str, Any]]]:
+        """Score ``policy`` as an episode does: calibrate, fine-tune, accuracy; the float network is restored.
+
+        Args:
+            policy: the priced ``(wbits, abits)`` of each layer (:meth:`network_bits` is what runs).
+            batches: held-out batches to score on after the fine-tune, instead of the reward's accuracy.
 
         Returns:
-            ``(accuracy in [0, 1], act_max per layer)``.
+            ``(accuracy in [0, 1], each layer's quant_spec())``; :attr:`finetune_s` is the fine-tune's time.
         """
-        self._set_bits(policy)
+        hp = self.hparams
+        self._set_bits(self.network_bits(policy))
         try:
-            _calibrate(self.net, self._batches("calib"), self.device)
-            if self.hparams.finetune_batches > 0:
-                _finetune(self.net, self._batches("finetune"), self.hparams.finetune_lr, self.device)
-            acc = _accuracy(self.net, self._batches("val"), self.device)
-            act_max = {n: float(q.act_max) for n, q in quant_layers(self.net).items()}
+            calibrate(self.net, self._batches("calib"), self.device)
+            start = time.perf_counter()
+            acc = (finetune(self.net, self._batches("finetune"), hp.finetune_lr, hp.finetune_weight_decay,
+                             self.device) if self.finetunes else None)
+            self.finetune_s = time.perf_counter() - start
+            if batches is not None or acc is None or hp.reward_split == "val":
+                acc = top1(self.net, self._batches("val") if batches is None else batches, self.device)
+            specs = {n: q.quant_spec() for n, q in quant_layers(self.net).items()}
         finally:
             self.net.load_state_dict(self._float_state)
             self._set_bits([(FLOAT_BITS, FLOAT_BITS)] * len(self._names))
-        return acc, act_max
+        return acc, specs
 
     def search_step(self) -> dict[str, float]:
         """One episode: act, fit the budget, evaluate, reward, learn. Returns the episode's numbers."""
@@ -328,16 +375,18 @@ class HAQModule(LightningModule):
         states, actions, policy = rollout(self.agent, self._static, self.episode, hp.min_bits, hp.max_bits)
         policy = fit_budget(self.pin(policy), self._table, self.target, hp.min_bits, self.hardware.uses_abits,
                             pinned=self.pinned)
-        acc, act_max = self.evaluate(policy)
+        acc, specs = self.evaluate(policy)
         reward = hp.reward_scale * 100 * (acc - self.acc_float)
         losses = self.agent.learn_episode(states, actions, reward, self.episode)
         cost = policy_cost(self._table, policy)
         if self.best is None or reward > self.best["reward"]:
             self.best = {"reward": reward, "acc": acc, "cost": cost, "episode": self.episode,
-                         "policy": [list(p) for p in policy], "act_max": [act_max[n] for n in self._names]}
+                         "policy": [list(p) for p in policy],
+                         "act_max": [specs[n]["act_max"] for n in self._names],
+                         "w_range": [specs[n]["w_range"] for n in self._names]}
         self.episode += 1
         return {"reward": reward, "acc": acc, "cost_ratio": cost / self.full_cost, "best_acc": self.best["acc"],
-                "noise": self.agent.noise, **losses}
+                "noise": self.agent.noise, "finetune_s": self.finetune_s, **losses}
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
@@ -351,7 +400,7 @@ class HAQModule(LightningModule):
         if not self._ready:
             self._prepare()
         out = self.search_step()
-        shown = {"acc", "best_acc"}
+        shown = {"acc", "best_acc", "finetune_s"}
         self.log_dict({f"haq/{k}": float(v) for k, v in out.items() if k not in shown}, batch_size=1)
         self.log_dict({f"haq/{k}": float(out[k]) for k in shown}, prog_bar=True, batch_size=1)
         # one episode = one step: lets max_steps, ModelCheckpoint(every_n_train_steps) and loggers count
@@ -369,30 +418,38 @@ class HAQModule(LightningModule):
 
     # --- results ------------------------------------------------------------------------------------------
     def policy_document(self) -> dict[str, Any]:
-        """The best policy so far as ``best_policy.json`` content."""
+        """The best policy so far as ``best_policy.json`` content (the bits the network runs, the priced cost)."""
         if self.best is None:
             raise ValueError("no episode has run yet: there is no policy")
         b = self.best
-        layers = {n: {"wbits": w, "abits": a, "act_max": m, "act_signed": p.act_signed}
-                  for n, (w, a), m, p in zip(self._names, b["policy"], b["act_max"], self.layers)}
+        w_range = b.get("w_range", [0.0] * len(self._names))  # absent in checkpoints of older versions
+        layers = {n: {"wbits": w, "abits": a, "act_max": m, "act_signed": p.act_signed,
+                      "quantizer": self.hparams.quantizer, "w_range": r}
+                  for n, (w, a), m, r, p in zip(self._names, self.network_bits(b["policy"]), b["act_max"], w_range,
+                                                self.layers)}
         return {"format": POLICY_FORMAT, "method": "HAQ", "hardware": self.hardware.describe(),
                 "budget_ratio": self.hparams.budget_ratio, "cost": b["cost"], "cost_ratio": b["cost"] / self.full_cost,
-                "acc": b["acc"], "acc_float": self.acc_float, "reward": b["reward"], "episode": b["episode"],
-                "layers": layers}
+                "acc": b["acc"], "acc_float": self.acc_float, "reward_split": self.hparams.reward_split,
+                "reward": b["reward"], "episode": b["episode"], "layers": layers}
 
-    def compare_fixed(self, policy: Sequence[tuple[int, int]] | None = None) -> dict[str, dict[str, float]]:
-        """Accuracy and cost ratio of uniform 8-bit, 4-bit (first/last pinned as in the search) and ``policy``.
+    def compare_fixed(self, policy: Sequence[tuple[int, int]] | None = None,
+                      batches: Iterable[Batch] | None = None) -> dict[str, dict[str, float]]:
+        """Held-out accuracy and cost ratio of the float network, uniform 8-bit, 4-bit (pinned as in the search)
+        and ``policy`` (default: the best), each calibrated and fine-tuned as in an episode.
 
-        Every row goes through the same calibration/fine-tune/validation as the search's episodes.
+        Args:
+            policy: the priced policy to compare.
+            batches: the held-out batches (default: the validation batches).
         """
         if policy is None:
             policy = [tuple(p) for p in self.best["policy"]] if self.best else []
+        batches = list(self._batches("val") if batches is None else batches)
         n = len(self._names)
-        rows = {"float": {"acc": self.acc_float, "cost_ratio": float("nan")}}
+        rows = {"float": {"acc": top1(self.net, batches, self.device), "cost_ratio": float("nan")}}
         for label, pol in (("fixed8", [(8, 8)] * n), ("fixed4", self.pin([(4, 4)] * n)), ("haq", list(policy))):
             if len(pol) == n:
                 ratio = policy_cost(self._table, pol) / self.full_cost
-                rows[label] = {"acc": self.evaluate(pol)[0], "cost_ratio": ratio}
+                rows[label] = {"acc": self.evaluate(pol, batches)[0], "cost_ratio": ratio}
         return rows
 
     @override

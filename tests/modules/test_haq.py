@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_nas.cost.hardware import (
     BitFlexibleAccelerator,
@@ -33,6 +35,7 @@ from lightning_nas.modules.haq import (
     quant_layers,
     quantize_network,
 )
+from lightning_nas.modules.quantized import calibrate, finetune, top1
 from lightning_nas.nn.quantize import quantize_weight
 from tests.helpers.tiny_space import TinyDataModule
 
@@ -96,17 +99,86 @@ def test_walk_down_never_lowers_pinned_layers() -> None:
 
 def test_first_and_last_layer_kept_at_8_bits(tmp_path: Path) -> None:
     """The official environment's ``_keep_first_last_layer``: whatever the agent picks, the first and last layer
-    run at 8/8 bits, the walk-down lowers only the others, and the budget still holds."""
+    run at 8/8 bits, except the first layer's input, which is not quantized (official ``a_bit = -1``; priced at
+    8 bits); the walk-down lowers only the others, and the budget still holds."""
     module = _module(episodes=6, warmup=3, keep_first_last=True, budget_ratio=0.9)
     trainer = _trainer(tmp_path)
     trainer.fit(module, TinyDataModule())
     assert module.pinned == (0, 3)
     doc = json.loads((tmp_path / "best_policy.json").read_text())
     bits = [(v["wbits"], v["abits"]) for v in doc["layers"].values()]
-    assert bits[0] == bits[-1] == (8, 8) and doc["cost_ratio"] <= 0.9
+    assert bits[0] == (8, 32) and bits[-1] == (8, 8) and doc["cost_ratio"] <= 0.9
+    priced = [tuple(p) for p in module.best["policy"]]
+    assert priced[0] == (8, 8) and doc["cost"] == pytest.approx(policy_cost(module._table, priced))
     assert module.pin([(3, 4)] * 4) == [(8, 8), (3, 4), (3, 4), (8, 8)]
+    seen: list[int] = []
+    first = quant_layers(module.net)["0"]
+    handle = first.register_forward_pre_hook(lambda m, _: seen.append(m.abits))
+    module.evaluate(module.pin([(3, 4)] * 4))
+    handle.remove()
+    assert seen and set(seen) == {32}  # calibration, fine-tune and scoring all see the float image
     with pytest.raises(ValueError, match="keep_first_last"):  # 8-bit first conv alone is 0.82 of the cost
         _trainer(tmp_path).fit(_module(keep_first_last=True, budget_ratio=0.5), TinyDataModule())
+
+
+class _FixedTiny(TinyDataModule):
+    """TinyDataModule with a fixed-order calibration loader, as the real datamodules have."""
+
+    def calibration_dataloader(self, num_batches: int | None = None) -> DataLoader:
+        return DataLoader(self._data(self.n_train, 0), batch_size=self.batch_size)
+
+
+def test_official_scoring_is_the_default() -> None:
+    hp = HAQModule(model=_tiny_net(), num_classes=3).hparams
+    assert (hp.quantizer, hp.calib_batches, hp.finetune_batches, hp.finetune_lr, hp.finetune_weight_decay,
+            hp.reward_split) == ("haq", 1, "epoch", 1e-3, 4e-5, "finetune")
+    with pytest.raises(ValueError, match="finetune_batches=0"):
+        HAQModule(model=_tiny_net(), finetune_batches=0)
+    with pytest.raises(ValueError, match="quantizer"):
+        HAQModule(model=_tiny_net(), quantizer="kmeans")
+    HAQModule(model=_tiny_net(), finetune_batches=0, reward_split="val")  # scoring without a fine-tune: allowed
+
+
+def test_reward_is_the_finetune_accuracy_against_float_on_the_same_batches(tmp_path: Path) -> None:
+    """Official: the reward's accuracy is the running top-1 of the one-epoch fine-tune, and ``org_acc`` is the
+    float network's eval-mode top-1 on the same (training) batches, not on the validation split."""
+    dm = _FixedTiny(n_val=16)  # float accuracy 0.41 on the training batches, 0.44 on these
+    module = HAQModule(model=_tiny_net(), num_classes=3, hardware=BitOps(), episodes=3, warmup=2, agent_batch_size=8,
+                       hidden=32, val_batches=2, compare=False, keep_first_last=False)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, dm)
+    train = list(dm.calibration_dataloader())
+    cpu = torch.device("cpu")
+    assert module.acc_float == top1(module.net, train, cpu)
+    assert module.acc_float != top1(module.net, list(dm.val_dataloader()), cpu)
+    policy = [(3, 4)] * 4
+    acc, specs = module.evaluate(policy)
+    net = copy.deepcopy(module.net)
+    for layer in quant_layers(net).values():
+        layer.wbits, layer.abits = 3, 4
+    calibrate(net, train[:1], cpu)
+    assert acc == finetune(net, train, 1e-3, 4e-5, cpu)  # one pass over every training batch
+    assert specs["0"]["w_range"] > 0 and specs["0"]["quantizer"] == "haq"
+    best = module.best
+    assert best["reward"] == pytest.approx(0.1 * 100 * (best["acc"] - module.acc_float))
+    assert trainer.progress_bar_metrics["haq/finetune_s"] > 0  # the fine-tune's cost, each episode
+
+
+def test_reward_split_val_scores_held_out_after_the_finetune(tmp_path: Path) -> None:
+    dm = _FixedTiny()
+    module = _module(episodes=2, finetune_batches=2, reward_split="val", quantizer="ema")
+    _trainer(tmp_path).fit(module, dm)
+    val = list(dm.val_dataloader())[:2]
+    cpu = torch.device("cpu")
+    assert module.acc_float == top1(module.net, val, cpu)
+    acc, _ = module.evaluate([(4, 4)] * 4)
+    net = copy.deepcopy(module.net)
+    for layer in quant_layers(net).values():
+        layer.wbits, layer.abits = 4, 4
+    train = list(dm.calibration_dataloader())
+    calibrate(net, train[:2], cpu)
+    finetune(net, train[:2], 1e-3, 4e-5, cpu)
+    assert acc == top1(net, val, cpu)
 
 
 def test_cost_models_shapes_and_monotonicity() -> None:
