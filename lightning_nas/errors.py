@@ -7,7 +7,7 @@ fixes it. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["MissingFileError", "PrerequisiteError", "UserError", "find_user_error"]
+__all__ = ["ConfigError", "MissingFileError", "PrerequisiteError", "UserError", "find_user_error"]
 
 
 class UserError(Exception):
@@ -16,6 +16,10 @@ class UserError(Exception):
 
 class PrerequisiteError(UserError, ValueError):
     """A file or setting that an earlier step makes is of the wrong kind, space, device or settings."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting out of its range (a fraction above 1, a negative size)."""
 
 
 class MissingFileError(UserError, FileNotFoundError):

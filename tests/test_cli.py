@@ -39,11 +39,77 @@ def test_wrong_class_path_is_refused(capsys: pytest.CaptureFixture[str]) -> None
     assert "NoSuchSpace" in out
 
 
-def test_val_split_outside_the_unit_interval_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises((ValueError, SystemExit), match="val_split|") as info:
-        cli_main(["fit", "--config", QUICKSTART, "--data.init_args.val_split=1.5"])
-    text = str(info.value) + capsys.readouterr().err
-    assert "val_split" in text
+def _console(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """Run the ``lightning-nas`` console script; it must exit 2; return its stderr lines."""
+    from lightning_nas.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lightning-nas", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Union" not in err, err
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def test_val_split_outside_the_unit_interval_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    lines = _console(["fit", "--config", QUICKSTART, "--data.init_args.val_split=1.5"], monkeypatch, capsys)
+    assert lines[-1].startswith("lightning-nas: error: val_split=1.5 must lie strictly between 0 and 1")
+
+
+MISSING_PREREQUISITES = {
+    # recipe, overrides -> what the last line must say (the file, what is wrong, the command that makes it)
+    "haq/cifar10.yaml": ([], r"HAQ input checkpoint 'runs/train-cifar10/checkpoints/last.ckpt' does not exist.*"
+                             r"lightning-nas fit --config recipes/train/"),
+    "haq/finetune_cifar10.yaml": ([], r"HAQ policy 'runs/haq-cifar10/best_policy.json' does not exist.*"
+                                      r"lightning-nas fit --config recipes/haq/cifar10.yaml"),
+    "retrain.yaml": ([], r"Arch file 'runs/spos-cifar10/best_arch.json' does not exist.*"
+                         r"lightning-nas fit --config recipes/spos/cifar10.yaml"),
+    "parsec/cifar10_transfer20.yaml": ([], r"prior_init file 'runs/parsec-cifar10/prior.json' does not exist.*"
+                                           r"lightning-nas fit --config recipes/parsec/cifar10.yaml"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(MISSING_PREREQUISITES))
+def test_missing_prerequisite_is_one_line_before_any_run_folder(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    from tests.helpers.fake_data import write_fake_cifar10
+
+    monkeypatch.chdir(tmp_path)
+    write_fake_cifar10(tmp_path / "data" / "cifar10", n_train=20, n_test=4)
+    overrides, expected = MISSING_PREREQUISITES[recipe]
+    lines = _console(["fit", "--config", str(ROOT / "recipes" / recipe), *overrides], monkeypatch, capsys)
+    assert re.match(r"lightning-nas: error: " + expected, lines[-1]), lines[-1]
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.rglob("config.yaml"))
+
+
+def test_arch_of_other_space_settings_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_nas.arch import save_arch
+    from lightning_nas.spaces import ShuffleNetSpace
+
+    space = ShuffleNetSpace(num_classes=10, input_size=32, width_mult=0.25)
+    arch = save_arch(space.sample(), tmp_path / "best_arch.json", space)
+    monkeypatch.chdir(tmp_path)
+    lines = _console(["fit", "--config", str(ROOT / "recipes" / "retrain.yaml"), f"--model.init_args.arch={arch}",
+                      "--model.init_args.space=lightning_nas.spaces.ShuffleNetSpace"], monkeypatch, capsys)
+    assert "was searched in ShuffleNetSpace with width_mult=0.25 (this space: 1.0)" in lines[-1]
+    assert "allow_settings_change" in lines[-1] and not (tmp_path / "runs").exists()
+
+
+def test_file_of_another_kind_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint at all")
+    monkeypatch.chdir(tmp_path)
+    lines = _console(["fit", "--config", str(ROOT / "recipes" / "haq" / "cifar10.yaml"),
+                      f"--model.init_args.checkpoint={junk}"], monkeypatch, capsys)
+    assert lines[-1].startswith(f"lightning-nas: error: HAQ input checkpoint '{junk}' is not a PyTorch checkpoint")
+    assert "weights_only=False" not in lines[-1]
 
 
 def test_data_root_without_data_is_refused_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from lightning_nas.errors import MissingFileError
+from lightning_nas.errors import ConfigError, MissingFileError
 
 Transform = Callable[[Any], Any]
 
@@ -76,7 +76,7 @@ def split_indices(n: int, val_split: float, seed: int) -> tuple[list[int], list[
 def check_val_split(val_split: float) -> None:
     """Raise a ``ValueError`` naming ``val_split`` and the fix unless it lies in (0, 1)."""
     if not 0.0 < float(val_split) < 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"val_split={val_split!r} must lie strictly between 0 and 1: it is the fraction of the training set "
             "held out for the search's validation split. Use e.g. `val_split: 0.1` (CLI: --data.val_split 0.1)."
         )
@@ -206,9 +206,9 @@ class VisionDataModule(LightningDataModule):
             prefetch_factor = self.default_prefetch_factor
         check_val_split(val_split)
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be at least 1.")
+            raise ConfigError(f"batch_size={batch_size!r} must be at least 1.")
         if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers!r} must be 0 (load in the main process) or more.")
+            raise ConfigError(f"num_workers={num_workers!r} must be 0 (load in the main process) or more.")
         self.data_dir = str(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -25,6 +25,7 @@ __all__ = ["POLICY_FORMAT", "QuantizedNetwork", "apply_policy", "calibrate", "fi
            "quant_layers", "quantize_network", "top1"]
 
 POLICY_FORMAT = 1
+TRAIN_RECIPES = ("cifar10", "cifar100", "digits", "imagenet", "tinyimagenet")  # recipes/train/<name>.yaml
 
 
 # --- the network -------------------------------------------------------------------------------------
@@ -34,7 +35,8 @@ def _read(path: str, what: str, how: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file at all (pickle, zip or tensor errors)
-        raise PrerequisiteError(f"{what} {str(path)!r} is not a PyTorch checkpoint ({type(err).__name__}). {how}") from None
+        kind = type(err).__name__
+        raise PrerequisiteError(f"{what} {str(path)!r} is not a PyTorch checkpoint ({kind}). {how}") from None
 
 
 def module_hparams(ckpt: Mapping[str, Any], cls: type) -> dict[str, Any]:
@@ -45,12 +47,22 @@ def module_hparams(ckpt: Mapping[str, Any], cls: type) -> dict[str, Any]:
     return {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k in accepted and k != "self"}
 
 
+def _train_first(path: str) -> str:
+    """How the checkpoint at ``path`` is made: the train recipe whose output it is, when the path says."""
+    import re
+
+    found = re.search(r"runs/train-([\w-]+)/checkpoints/", str(path).replace("\\", "/"))
+    if found and found.group(1) in TRAIN_RECIPES:
+        return f"Train the network first: `lightning-nas fit --config recipes/train/{found.group(1)}.yaml` writes it."
+    return ("Train the network first with a recipes/train/ recipe, e.g. `lightning-nas fit --config "
+            "recipes/train/cifar10.yaml` (it writes runs/train-cifar10/checkpoints/last.ckpt), or give `network` + "
+            "`weights` instead of `checkpoint`.")
+
+
 def _from_checkpoint(path: str) -> nn.Module:
     from lightning_nas.modules.classification import ClassificationModule
 
-    ckpt = _read(path, "HAQ input checkpoint", "Train the network first, e.g. `lightning-nas fit --config "
-                 "recipes/<...>.yaml` with a ModelCheckpoint(save_last=true) (it writes .../last.ckpt), or give "
-                 "`network` + `weights` instead of `checkpoint`.")
+    ckpt = _read(path, "HAQ input checkpoint", _train_first(path))
     hparams = module_hparams(ckpt, ClassificationModule)
     if not any(hparams.get(k) for k in ("network", "arch")):
         raise PrerequisiteError(
