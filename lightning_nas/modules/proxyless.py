@@ -27,6 +27,7 @@ from typing_extensions import override
 
 from lightning_nas.arch import Arch, save_arch
 from lightning_nas.callbacks.path_sampling import PathSampling, step_generator
+from lightning_nas.errors import PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay
 from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
 from lightning_nas.modules.spos import check_space_checkpoint
@@ -79,7 +80,9 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         arch_update_every: one arch step after every this many weight steps (official 5).
         arch_estimator: ``"two_path"`` (official ``two``: two sampled candidates, rescaled after the
             step), ``"full"`` (every candidate's gate gradient, official ``full_v2``) or ``"reinforce"``.
-        latency_table: a :class:`~lightning_nas.cost.LatencyTable` JSON for this space (ms).
+        latency_table: a :class:`~lightning_nas.cost.LatencyTable` JSON for this space (ms); ``{device}`` and
+            ``{batch_size}`` in the name are filled in from ``latency_device`` and ``latency_batch_size``, so a
+            table measured with other settings never lands in the same file.
         latency_metric: or ``"macs"``: the expected cost from the MACs tables.
         target_latency: the target ``T`` in the cost's unit (ms or MACs).
         loss_type: ``"mul"``: ``latency_alpha · CE · (log E[LAT] / log T) ** latency_beta`` (official
@@ -100,8 +103,11 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             (``lo + f · (hi − lo)``), which holds on whatever device measured the table.
 
     Raises:
-        ValueError: an unknown estimator or loss, a latency table for another space, a cost model
-            without a target (or the reverse), or a target below the space's cheapest arch.
+        ValueError: an unknown estimator or loss, a cost model without a target (or the reverse), or a target
+            below the space's cheapest arch.
+        PrerequisiteError: a latency table of another space, batch size or device, or one to measure on CUDA
+            without a GPU (one line, naming the command that builds the right table).
+        MissingFileError: a missing latency table and no ``latency_device`` to measure it on.
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         )
         self.register_buffer("reinforce_baseline", torch.tensor(float("nan")))
         self._latency_table: Any = None
+        self.latency_table_path: str | None = None  # the table file, ``latency_table`` with its fields filled in
         self._costs = self._build_costs(latency_table, latency_metric, target_latency, loss_type)
         if self._costs is not None:
             self.hparams.target_latency = self._target
@@ -145,17 +152,29 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         self.best_arch_path: Path | None = None
         self.last_samples: dict[str, Any] = {}  # the last arch step's GateSample per decision (for inspection)
 
-    def _load_or_measure(self, table_path: str) -> Any:
-        """The latency table at ``table_path``; measured on ``latency_device`` first when the file is missing."""
+    def _load_or_measure(self, template: str) -> Any:
+        """The latency table at ``template`` (fields filled in), checked against this space before any work;
+        measured on ``latency_device`` first when the file is missing."""
         from lightning_nas.cost import LatencyTable
 
         hp = self.hparams
-        if not Path(table_path).exists() and hp.latency_device is not None:
-            table = LatencyTable.build(self.space, hp.latency_batch_size, hp.latency_device)
+        device = None if hp.latency_device is None else torch.device(hp.latency_device).type
+        path = table_path(template, device, hp.latency_batch_size)
+        self.latency_table_path = path
+        if not Path(path).exists() and device is not None:
+            if device == "cuda" and not torch.cuda.is_available():
+                raise PrerequisiteError(
+                    f"latency table {path} does not exist and this recipe measures it on CUDA (latency_device=cuda), "
+                    "but this machine has no CUDA GPU: run it on a GPU machine, or measure the table on this CPU with "
+                    "--model.init_args.latency_device=cpu (and --model.init_args.latency_batch_size=1 for a quick one)")
+            table = LatencyTable.build(self.space, hp.latency_batch_size, device)
             if int(os.environ.get("RANK", "0")) == 0:  # every rank measures for itself; rank 0 keeps the file
-                table.save(table_path)
-            return table
-        return LatencyTable.load(table_path)
+                table.save(path)
+        else:
+            table = LatencyTable.load(path, hp.latency_batch_size, device or "cpu")
+        # a table measured here is checked too: the same rule for every table, whoever made it
+        table.check(self.space, hp.latency_batch_size if device else None, device, path)
+        return table
 
     def _build_costs(self, table_path: str | None, metric: str | None, target: float | None,
                      loss_type: str) -> CandidateCosts | None:
@@ -169,7 +188,6 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             return None
         if table_path is not None:
             self._latency_table = self._load_or_measure(table_path)
-            self._latency_table.check(self.space)
             costs = CandidateCosts.from_latency_table(self._latency_table, self._decisions)
             lo, hi = self._latency_table.range()
         elif metric == "macs":
@@ -370,10 +388,13 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         if self._latency_table is not None:
             meta["predicted_latency_ms"] = self._latency_table.predict(arch)
         if self.hparams.measure_latency:
-            batch = int((self._latency_table.meta if self._latency_table else {}).get("batch_size", 1))
-            net = self.space.export(arch).cpu().eval()
-            x = torch.randn(batch, self.space.in_channels, self.space.input_size, self.space.input_size)
-            meta["measured_latency_ms"] = measure_ms(lambda: net(x), "cpu")
+            table = self._latency_table.meta if self._latency_table else {}
+            batch, device = int(table.get("batch_size", 1)), table.get("device", "cpu")
+            device = device if device != "cuda" or torch.cuda.is_available() else "cpu"  # comparable where possible
+            net = self.space.export(arch).to(device).eval()
+            x = torch.randn(batch, self.space.in_channels, self.space.input_size, self.space.input_size, device=device)
+            meta["measured_latency_ms"] = measure_ms(lambda: net(x), device)
+            meta["measured_on"] = {"device": device, "batch_size": batch}
         self.best_arch_path = save_arch(arch, folder / "best_arch.json", self.space, **meta)
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -397,4 +418,18 @@ def _no_closure() -> None:
     return None
 
 
-__all__ = ["ProxylessModule", "ProxylessSchedule"]
+def table_path(template: str, device: str | None, batch_size: int) -> str:
+    """``template`` with ``{device}`` and ``{batch_size}`` filled in.
+
+    Raises:
+        PrerequisiteError: another field, or ``{device}`` without a ``latency_device``.
+    """
+    fields: dict[str, Any] = {"batch_size": batch_size, **({"device": device} if device else {})}
+    try:
+        return template.format_map(fields)
+    except (KeyError, IndexError, ValueError) as err:
+        raise PrerequisiteError(f"latency_table {template!r} has a field this module cannot fill ({err}): use "
+                                "{device} (with latency_device set) and {batch_size} only") from None
+
+
+__all__ = ["ProxylessModule", "ProxylessSchedule", "table_path"]
