@@ -10,34 +10,7 @@ hardware budget (:func:`~lightning_nas.cost.hardware.fit_budget`), the network i
 calibrated, fine-tuned and scored; reward ``0.1 × (acc_quant − acc_float)`` (accuracies in %) for every
 transition of the episode. The float weights are restored after every episode.
 
-What the official code does, and where (mit-han-lab/haq):
-
-- ``rl_quantize.py`` runs ``LinearQuantizeEnv`` with ``finetune_flag=True``, ``finetune_epoch=1``,
-  ``finetune_lr=1e-3``, ``train_size=20000``, ``val_size=10000`` (both carved out of the training set).
-- ``lib/env/linear_quantize_env.py``, ``step``: after the last action, ``_final_action_wall`` (the budget walk),
-  ``calibrate`` on one training batch, then ``_finetune`` for one epoch over the 20k split with SGD (lr 1e-3,
-  momentum 0.9, weight decay 4e-5, a fresh optimizer each episode in ``reset``); the accuracy it returns, and
-  the reward uses, is the running top-1 of that fine-tune epoch (train mode, measured batch by batch while
-  training). The float accuracy it is compared with (``org_acc``) is the float network's eval-mode top-1 on
-  the same 20k split (``_validate(self.train_loader)``), not on the 10k validation split.
-- ``_keep_first_last_layer``: the first and last layer at 8 bits, except the first layer's input, which is
-  not quantized (``a_bit = -1``: "input image is already 8 bit").
-- ``lib/utils/quantize_utils.py``, ``QModule``: the linear quantizer of our ``quantizer="haq"``
-  (:mod:`lightning_nas.nn.quantize`): per-tensor symmetric weights at ``max|w|`` from 5 bits, KL threshold
-  below; activations clipped at ``min(6, max|x|)`` of the calibration batch, KL threshold below 5 bits.
-
-Here, by default (the official behaviour): ``quantizer="haq"``, ``calib_batches=1``,
-``finetune_batches="epoch"`` (one pass over the datamodule's training part; recipes give the batches of 20k
-images), ``reward_split="finetune"`` (the fine-tune's running top-1 against the float network on the same
-batches), the first layer's input in float. Deliberate differences: the calibration and fine-tune batches are
-the datamodule's fixed ``calibration_dataloader`` (the same images and augmentation every episode, so rewards
-compare policies, not batches; the official loader reshuffles); the official activation range is an
-``nn.Parameter`` that the fine-tune also trains (PACT-style gradient), ours stays at its calibrated value; the
-official env applies ``_keep_first_last_layer`` only inside the budget walk, so a policy already under budget
-keeps the agent's first/last bits, while ours pins them always (``keep_first_last``), pricing the float first
-input at ``max_bits`` (the official table lookup with ``-1`` bits reads the 7-bit column). Named alternatives:
-``quantizer="ema"`` (ours: per-channel weights, moving-average activation ranges), ``reward_split="val"``
-(accuracy after the fine-tune on held-out validation batches, against the float network on them).
+The official code's facts and where ours differs: :class:`HAQModule`.
 
 Lightning design: the trainer's training loop is the episode clock. Each training step runs one whole
 episode (the batch it is given is not used: episodes score every policy on the *same* cached
@@ -157,6 +130,36 @@ def _check_scoring(quantizer: str, finetune_batches: int | str, reward_split: st
 # --- the search ------------------------------------------------------------------------------------------
 class HAQModule(LightningModule):
     """Search a mixed-precision policy for a trained network under a hardware budget (HAQ).
+
+    What the official code does, and where (mit-han-lab/haq):
+
+    - ``rl_quantize.py`` runs ``LinearQuantizeEnv`` with ``finetune_flag=True``, ``finetune_epoch=1``,
+      ``finetune_lr=1e-3``, ``train_size=20000``, ``val_size=10000`` (both carved out of the training set).
+    - ``lib/env/linear_quantize_env.py``, ``step``: after the last action, ``_final_action_wall`` (the budget walk),
+      ``calibrate`` on one training batch, then ``_finetune`` for one epoch over the 20k split with SGD (lr 1e-3,
+      momentum 0.9, weight decay 4e-5: ``reset`` makes a fresh optimizer each episode, replacing the 1e-5 one of
+      ``__init__``); the accuracy it returns, and the reward uses, is the running top-1 of that fine-tune epoch
+      (train mode, measured batch by batch while training). The float accuracy it is compared with
+      (``org_acc``) is the float network's eval-mode top-1 on the same 20k split (``_validate(self.train_loader)``),
+      not on the 10k validation split, which a search with ``finetune_flag=True`` never reads.
+    - ``_keep_first_last_layer``: the first and last layer at 8 bits, except the first layer's input, which is
+      not quantized (``a_bit = -1``: "input image is already 8 bit").
+    - ``lib/utils/quantize_utils.py``, ``QModule``: the linear quantizer of our ``quantizer="haq"``
+      (:mod:`lightning_nas.nn.quantize`): per-tensor symmetric weights at ``max|w|`` from 5 bits, KL threshold
+      below; activations clipped at ``min(6, max|x|)`` of the calibration batch, KL threshold below 5 bits.
+
+    Here, by default (the official behaviour): ``quantizer="haq"``, ``calib_batches=1``,
+    ``finetune_batches="epoch"`` (one pass over the datamodule's training part; recipes give the batches of 20k
+    images), ``reward_split="finetune"`` (the fine-tune's running top-1 against the float network on the same
+    batches), the first layer's input in float. Deliberate differences: the calibration and fine-tune batches are
+    the datamodule's fixed ``calibration_dataloader`` (the same images and augmentation every episode, so rewards
+    compare policies, not batches; the official loader reshuffles); the official activation range is an
+    ``nn.Parameter`` that the fine-tune also trains (PACT-style gradient), ours stays at its calibrated value; the
+    official env applies ``_keep_first_last_layer`` only inside the budget walk, so a policy already under budget
+    keeps the agent's first/last bits, while ours pins them always (``keep_first_last``), pricing the float first
+    input at ``max_bits`` (the official table lookup with ``-1`` bits reads the 7-bit column). Named alternatives:
+    ``quantizer="ema"`` (ours: per-channel weights, moving-average activation ranges), ``reward_split="val"``
+    (accuracy after the fine-tune on held-out validation batches, against the float network on them).
 
     Args:
         model: a trained network to quantize (Python use and tests), or
