@@ -73,7 +73,8 @@ class NASRLModule(LightningModule):
         depth_start: layers of the first children (default: the space's ``num_layers``; paper: 6).
         depth_increment: layers added by the depth schedule (paper: 2).
         depth_every: children between depth increments (paper: 1,600).
-        max_depth: the depth schedule's ceiling.
+        max_depth: the depth schedule's ceiling (paper: growth stops with the budget; 12,800 children from 6
+            layers, +2 every 1,600, end at 20). ``None``: no ceiling.
         child_epochs: epochs each child trains (paper: 50).
         child_lr: children's SGD learning rate (default 0.1 for images, 20 for text).
         child_momentum: children's (Nesterov) momentum (default 0.9 for images, 0 for text).
@@ -104,6 +105,10 @@ class NASRLModule(LightningModule):
         if min(controller_steps, children_per_step, child_epochs, reward_last_k, depth_every) < 1:
             raise ValueError("controller_steps, children_per_step, child_epochs, reward_last_k and depth_every "
                              "must be at least 1")
+        start = depth_start or getattr(space, "num_layers", None)
+        if max_depth is not None and start is not None and (max_depth < start or depth_increment < 0):
+            raise ValueError(f"NASRLModule's depth schedule needs max_depth >= the starting depth ({start}) and "
+                             f"depth_increment >= 0; got max_depth={max_depth}, depth_increment={depth_increment}")
         self.save_hyperparameters(ignore=["space"])
         self.automatic_optimization = False
         self.space = space
@@ -172,7 +177,7 @@ class NASRLModule(LightningModule):
         hp = self.hparams
         start = hp.depth_start or self.space.num_layers
         depth = start + hp.depth_increment * ((step * hp.children_per_step) // hp.depth_every)
-        return min(depth, hp.max_depth) if hp.max_depth else depth
+        return min(depth, hp.max_depth) if hp.max_depth is not None else depth
 
     def program(self, step: int) -> list[Any]:
         """The controller's program at controller step ``step``."""
