@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.report import render
 
 HERE = Path(__file__).resolve().parent
-HELPERS = {"__init__", "__main__", "common", "report"}
+HELPERS = {"__init__", "__main__", "common", "report", "gpu_smoke"}  # gpu_smoke: a check, not a benchmark
 
 
 def discover() -> list[str]:

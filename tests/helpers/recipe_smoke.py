@@ -134,9 +134,13 @@ def _import(class_path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+# a recipe that builds the space its arch file records (retrain.yaml) gets an arch of the SPOS space
+DEFAULT_SPACE = {"class_path": "lightning_nas.spaces.ShuffleNetSpace"}
+
+
 def _space(config: dict[str, Any]) -> Any:
     data_cls = _import(config["data"]["class_path"])
-    space_cfg = config["model"]["init_args"]["space"]
+    space_cfg = config["model"]["init_args"].get("space") or DEFAULT_SPACE
     return _import(space_cfg["class_path"])(**(space_cfg.get("init_args") or {}), num_classes=data_cls.num_classes,
                                             input_size=data_cls.input_size)
 
