@@ -266,6 +266,9 @@ class InstaNASModule(LightningModule):
         momentum = hp.search_momentum if search else hp.momentum
         decay = hp.search_weight_decay if search else hp.weight_decay
         for i, group in enumerate(optimizer.param_groups):
+            if group["momentum"] != momentum:  # a new stage starts its SGD afresh (official: a new script)
+                for p in group["params"]:
+                    optimizer.state.get(p, {}).pop("momentum_buffer", None)
             group["lr"], group["momentum"] = self._supernet_lr(batch_idx), momentum
             group["weight_decay"] = decay if i == 0 else 0.0  # split_decay: group 0 holds the conv/linear weights
 

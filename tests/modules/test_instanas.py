@@ -234,6 +234,10 @@ def test_search_trains_the_meta_graph_masked_with_plain_sgd(tmp_path):
             torch.testing.assert_close(s["after"], s["before"] - 5e-4 * s["grad"], atol=1e-9, rtol=0)
         else:
             assert [g[1:] for g in s["groups"]] == [(0.9, 4e-5), (0.9, 0.0)]
+    first = next(s for s in steps.steps if s["phase"] == "finetune")  # momentum afresh: no pre-training buffer
+    lr = first["groups"][0][0]
+    expected = first["before"] - lr * (first["grad"] + 4e-5 * first["before"])
+    torch.testing.assert_close(first["after"], expected, atol=1e-7, rtol=0)
 
 
 def test_grouped_training_and_the_old_search_optimiser_are_named_options(tmp_path):
