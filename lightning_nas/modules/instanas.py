@@ -20,7 +20,8 @@ The search's meta-graph optimiser is the official one (``search/search.py``: ``o
 lr=net_lr, weight_decay=wd)``, no momentum; the README's CIFAR command sets ``--lr 5e-4`` and no ``--net_lr``,
 so ``net_lr = lr = 5e-4``, and ``--wd`` defaults to 0; ImageNet: ``--net_lr 0.01``): ``search_lr`` 5e-4,
 ``search_momentum`` 0, ``search_weight_decay`` 0, constant. Pre-training and fine-tuning use ``lr``/``finetune_lr``
-with ``momentum`` and ``weight_decay`` (one SGD; its groups are re-set at each step for the stage). The
+with ``momentum`` and ``weight_decay`` (one SGD; its groups are re-set at each step for the stage, and a stage
+with another momentum starts without the last stage's momentum buffers, as a fresh official script would). The
 official CIFAR search is also far longer: 501 rounds of one controller and one meta-graph epoch (``--max_epochs
 500``, batch 32), where our recipes spend ``search_epochs`` on both together.
 
