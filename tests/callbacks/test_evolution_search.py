@@ -186,6 +186,7 @@ class RecordingSearch(EvolutionSearch):
         return best
 
 
+@pytest.mark.slow
 def test_ddp_ranks_agree(tmp_path):
     search = RecordingSearch(**{**SMALL, "generations": 2}, output_dir=str(tmp_path))
     fit(search, tmp_path, devices=2, strategy="ddp_spawn_find_unused_parameters_true")

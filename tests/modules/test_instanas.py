@@ -298,6 +298,7 @@ class CompareRanks(Callback):
             Path(self.out).write_text(json.dumps({"controller_steps": pl_module.controller_steps}))
 
 
+@pytest.mark.slow
 def test_ddp_ranks_agree_on_controller_weights(tmp_path):
     model = _module(tmp_path, pretrain_epochs=0, search_epochs=2, finetune_epochs=0, latency_cache=None,
                     latency_repeats=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zlib
 
+import pytest
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -99,6 +100,7 @@ def test_depth_schedule() -> None:
     assert len([k for k in module.sample_archs(4, 1)[0] if k.endswith(".fh")]) == 8
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_split_children_and_agree(tmp_path) -> None:
     module = _module(CheckedToyReward, controller_steps=1)
     trainer = _trainer(tmp_path, devices=2, strategy="ddp_spawn")

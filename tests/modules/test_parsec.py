@@ -236,6 +236,7 @@ class CompareRanks(Callback):
             Path(self.out).write_text(json.dumps({"prior_steps": pl_module.prior_steps}))
 
 
+@pytest.mark.slow
 def test_ddp_ranks_draw_the_same_archs_and_keep_identical_prior_and_weights(tmp_path):
     model = PARSECModule(ToySpace(), K=3, prior_lr=0.05)
     out = tmp_path / "ranks.json"

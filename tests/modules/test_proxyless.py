@@ -379,6 +379,7 @@ class CompareRanks(Callback):
             Path(self.out).write_text(json.dumps({"arch_steps": pl_module.arch_steps}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["two_path", "reinforce"])
 def test_ddp_ranks_keep_identical_arch_and_weights(tmp_path, estimator):
     model = ProxylessModule(tiny_mobilenet(), warmup_epochs=0, arch_update_every=1, arch_lr=0.05,

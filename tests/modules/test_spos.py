@@ -147,6 +147,7 @@ class _AssertRanksAgree(Callback):
         assert torch.allclose(weights[0], weights[1]), "ranks ended with different weights"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_ddp_ranks_train_identical_paths_and_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONHASHSEED", "0")
