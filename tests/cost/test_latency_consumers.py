@@ -60,7 +60,8 @@ def test_proxyless_refuses_a_table_of_another_batch_device_or_space(tmp_path: Pa
 
 def test_proxyless_without_a_device_names_the_command_for_a_missing_table(tmp_path: Path) -> None:
     with pytest.raises(MissingFileError) as err:
-        ProxylessModule(tiny_mobilenet(), latency_table=str(tmp_path / "none.json"), target_fraction=0.5, loss_type="add")
+        ProxylessModule(tiny_mobilenet(), latency_table=str(tmp_path / "none.json"), target_fraction=0.5,
+                        loss_type="add")
     assert "python -m lightning_nas.cost.latency" in one_line(err.value)
 
 
@@ -69,8 +70,8 @@ def test_evolution_search_refuses_a_table_of_another_space_before_training(tmp_p
     meta = {"format": 1, "space": space.space_name, "fingerprint": "0123456789ab", "input_size": space.input_size,
             "batch_size": 1, "device": "cpu"}
     path = LatencyTable(meta, 1.0, []).save(tmp_path / "other.json")
-    search = EvolutionSearch(population=4, topk=2, mutations=1, crossovers=1, generations=1, calib_images=8, latency_table=str(path),
-                             constraints=[{"metric": "latency_ms", "max": 5}])
+    search = EvolutionSearch(population=4, topk=2, mutations=1, crossovers=1, generations=1, calib_images=8,
+                             latency_table=str(path), constraints=[{"metric": "latency_ms", "max": 5}])
     trainer = Trainer(accelerator="cpu", logger=False, callbacks=[search], max_epochs=1, enable_progress_bar=False,
                       default_root_dir=tmp_path)
     with pytest.raises(PrerequisiteError) as err:
