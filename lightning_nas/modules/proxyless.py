@@ -25,12 +25,13 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_nas.arch import Arch, save_arch
+from lightning_nas.arch import Arch
 from lightning_nas.callbacks.path_sampling import PathSampling, step_generator
 from lightning_nas.errors import PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay
 from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
 from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.search.output import publish_arch, run_folder
 from lightning_nas.spaces.base import SearchSpace
 from lightning_nas.strategies.binary_gates import (
     ZERO,
@@ -378,7 +379,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
     # --- fit end --------------------------------------------------------------------------
     @override
     def on_fit_end(self) -> None:
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is a collective: all ranks
+        root = Path(self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return
         from lightning_nas.cost import macs, measure_ms
@@ -395,7 +396,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             x = torch.randn(batch, self.space.in_channels, self.space.input_size, self.space.input_size, device=device)
             meta["measured_latency_ms"] = measure_ms(lambda: net(x), device)
             meta["measured_on"] = {"device": device, "batch_size": batch}
-        self.best_arch_path = save_arch(arch, folder / "best_arch.json", self.space, **meta)
+        self.best_arch_path = publish_arch(arch, self.space, run_folder(root, "proxyless"), root, **meta)
 
     # --- checkpoints ----------------------------------------------------------------------
     @override

@@ -81,15 +81,18 @@ def _p_fh3(module: NASRLModule) -> float:
 def test_toy_reward_through_the_module_and_outputs(tmp_path) -> None:
     module = _module(controller_steps=25)
     before = _p_fh3(module)
-    trainer = _trainer(tmp_path, callbacks=[ControllerUpdate(baseline_decay=0.8, top_k=3)])
+    update = ControllerUpdate(baseline_decay=0.8, top_k=3)
+    trainer = _trainer(tmp_path, callbacks=[update])
     trainer.fit(module, datamodule=TinyImages())
     assert trainer.global_step == 25
     assert _p_fh3(module) > before + 0.2
     metrics = trainer.callback_metrics
     assert {"nasrl/reward", "nasrl/baseline", "nasrl/entropy", "nasrl/depth"} <= set(metrics)
-    folder = tmp_path / "nasrl"
+    folder = update.folder  # this run's own folder; the best arch is also copied to default_root_dir
+    assert folder is not None and folder.parent == tmp_path and folder.name.startswith("nasrl-")
     assert len((folder / "children.jsonl").read_text().splitlines()) == 100
     best = json.loads((folder / "best_arch.json").read_text())
+    assert json.loads((tmp_path / "best_arch.json").read_text())["run_folder"] == str(folder)
     assert best["space"] == "LayerTokenSpace" and best["reward"] == 1.0
     assert child_from_arch_file(folder / "best_arch.json", num_classes=3)(torch.randn(2, 3, 8, 8)).shape == (2, 3)
 
