@@ -6,10 +6,27 @@ https://arxiv.org/abs/1812.00332 (official code: mit-han-lab/proxylessnas, ``sea
 Weights and arch logits ``α`` (one vector per op decision, ``α ~ N(0, 1e-3)``) train alternately with
 manual optimization: every training batch one weight step (SGD Nesterov) on one path — drawn uniformly
 during the warm-up epochs, from ``softmax(α)`` afterwards (``sample_path``, used by ``PathSampling``) —
-and after the warm-up every ``arch_update_every`` batches one arch step (Adam) on a batch of the
-held-out validation split. The arch gradient is the binary-gate estimate of
+and, from the second epoch after the warm-up, every ``arch_update_every`` batches one arch step (Adam) on
+a batch of the held-out validation split. The arch gradient is the binary-gate estimate of
 :mod:`lightning_nas.strategies.binary_gates`, written as plain autograd so DDP synchronises it.
 At the end of fit the most probable arch is written to ``best_arch.json``.
+
+**Official schedule and estimator** (mit-han-lab/proxylessnas, ``search/``):
+
+- ``search/imagenet_arch_search.py`` runs ``warm_up(warmup_epochs=40)`` (weights only) and then
+  ``train()`` for ``n_epochs=120``; ``search/nas_manager.py``, ``ArchSearchRunManager.train``, guards the arch
+  updates with ``if epoch > 0`` ("skip architecture parameter updates in the first epoch"): the first joint
+  epoch trains weights on paths drawn from ``softmax(α)`` with no arch step. Ours: ``arch_delay_epochs=1``
+  (arch steps from epoch ``warmup_epochs + 1``); ``0`` starts them right after the warm-up.
+- ``search/imagenet_arch_search.py``: ``--grad_binary_mode`` defaults to ``full_v2`` (choices ``full_v2``,
+  ``full``, ``two``; the ``GradientArchSearchConfig`` constructor's own default ``'full'`` is overridden by
+  the script). ``full_v2`` (``search/modules/mix_op.py``, ``MixedEdge.forward`` / ``ArchGradientFunction``)
+  samples one candidate by ``softmax(α)``, runs it, and in the backward re-runs every other candidate under
+  ``no_grad`` to get ``∂L/∂g_j`` for all ``j``; no rescaling after the step (only ``two`` rescales). Ours:
+  ``arch_estimator="full"`` (the default) gives the same gradient; it computes the other candidates' outputs
+  in the forward (under ``no_grad``, kept for the gate gradient: one output tensor per candidate per block
+  more than ``full_v2``'s recomputation), so DDP sees the gradient. ``"two_path"`` (official ``two``) stays
+  an option.
 """
 
 from __future__ import annotations
@@ -79,8 +96,11 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         arch_eps: Adam epsilon.
         arch_init_std: standard deviation of the ``α`` initialisation.
         arch_update_every: one arch step after every this many weight steps (official 5).
-        arch_estimator: ``"two_path"`` (official ``two``: two sampled candidates, rescaled after the
-            step), ``"full"`` (every candidate's gate gradient, official ``full_v2``) or ``"reinforce"``.
+        arch_delay_epochs: epochs after the warm-up that still have no arch step (official 1: the first
+            epoch of the joint phase only trains weights).
+        arch_estimator: ``"full"`` (every candidate's gate gradient, official default ``full_v2``),
+            ``"two_path"`` (official ``two``: two sampled candidates, rescaled after the step) or
+            ``"reinforce"``.
         latency_table: a :class:`~lightning_nas.cost.LatencyTable` JSON for this space (ms); ``{device}`` and
             ``{batch_size}`` in the name are filled in from ``latency_device`` and ``latency_batch_size``, so a
             table measured with other settings never lands in the same file.
@@ -115,7 +135,8 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         self, space: SearchSpace, lr: float = 0.025, warmup_lr: float | None = 0.05, momentum: float = 0.9,
         weight_decay: float = 4e-5, label_smoothing: float = 0.1, warmup_epochs: int = 40, arch_lr: float = 1e-3,
         arch_betas: tuple[float, float] = (0.0, 0.999), arch_eps: float = 1e-8, arch_init_std: float = 1e-3,
-        arch_update_every: int = 5, arch_estimator: str = "two_path", latency_table: str | None = None,
+        arch_update_every: int = 5, arch_delay_epochs: int = 1, arch_estimator: str = "full",
+        latency_table: str | None = None,
         latency_metric: str | None = None, target_latency: float | None = None, loss_type: str = "mul",
         latency_alpha: float = 0.2, latency_beta: float = 0.3, latency_lambda: float = 0.1,
         reinforce_samples: int = 10, reward_exponent: float = 0.1, baseline_decay: float = 0.99, seed: int = 0,
@@ -127,9 +148,10 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             raise TypeError(f"ProxylessModule needs a lightning_nas SearchSpace, got {type(space).__name__}")
         if arch_estimator not in ESTIMATORS:
             raise ValueError(f"arch_estimator must be one of {ESTIMATORS}, got {arch_estimator!r}")
-        if loss_type not in ("mul", "add") or arch_update_every < 1 or reinforce_samples < 1:
-            raise ValueError("ProxylessModule needs loss_type 'mul' or 'add', arch_update_every >= 1 and "
-                             f"reinforce_samples >= 1; got {loss_type!r}, {arch_update_every}, {reinforce_samples}")
+        if loss_type not in ("mul", "add") or arch_update_every < 1 or reinforce_samples < 1 or arch_delay_epochs < 0:
+            raise ValueError("ProxylessModule needs loss_type 'mul' or 'add', arch_update_every >= 1, "
+                             "reinforce_samples >= 1 and arch_delay_epochs >= 0; got "
+                             f"{loss_type!r}, {arch_update_every}, {reinforce_samples}, {arch_delay_epochs}")
         self.save_hyperparameters(ignore=["space"])
         self.automatic_optimization = False
         self.space = space
@@ -236,6 +258,11 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         """Whether the warm-up is over (paths from ``softmax(α)``, arch steps on)."""
         return self.current_epoch >= self.hparams.warmup_epochs
 
+    @property
+    def updating_arch(self) -> bool:
+        """Whether this epoch takes arch steps: after the warm-up and the ``arch_delay_epochs`` that follow it."""
+        return self.current_epoch >= self.hparams.warmup_epochs + self.hparams.arch_delay_epochs
+
     def sample_path(self, generator: torch.Generator) -> Arch | None:
         """A path drawn from ``softmax(α)`` with ``generator`` (same on every rank); ``None`` in the warm-up."""
         if not self.searching:
@@ -279,7 +306,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         self.lr_schedulers().step()
         acc = (logits.detach().argmax(1) == y).float().mean()
         self.log_dict({"train/loss": loss.detach(), "train/acc": acc}, prog_bar=True, batch_size=len(y))
-        if self.searching and (batch_idx + 1) % self.hparams.arch_update_every == 0:
+        if self.updating_arch and (batch_idx + 1) % self.hparams.arch_update_every == 0:
             self._arch_step()
 
     def _arch_step(self) -> None:

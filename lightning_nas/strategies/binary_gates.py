@@ -88,8 +88,9 @@ def sample_gates(probs: Tensor, mode: str, generator: torch.Generator | None = N
     """Binarize one decision: which candidates are involved and which one runs.
 
     ``two_path`` (official ``two``): two candidates drawn by ``probs`` without replacement, the active
-    one drawn between them by the renormalised probabilities. ``full``: all candidates are involved,
-    the active one is drawn by ``probs``.
+    one drawn between them by the renormalised probabilities. ``full`` (official ``full_v2``, the default
+    ``--grad_binary_mode`` of ``search/imagenet_arch_search.py``): all candidates are involved, the active
+    one is drawn by ``probs``.
     """
     p = probs.detach().double().cpu()
     n = p.numel()

@@ -257,13 +257,39 @@ def test_warmup_is_uniform_and_updates_no_arch(tmp_path):
     assert model.arch_steps == 0 and all(torch.equal(a, b) for a, b in zip(start, model.arch_logits))
 
 
+class ArchStepEpochs(Callback):
+    """The epoch of every arch step, and the candidates each step involved."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.involved: list[tuple[int, ...]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: ProxylessModule, *args: Any) -> None:
+        if pl_module.arch_steps > len(self.epochs):
+            self.epochs.append(trainer.current_epoch)
+            self.involved += [s.involved for s in pl_module.last_samples.values()]
+
+
+def test_official_schedule_and_estimator_by_default(tmp_path):
+    """Official ``search/``: no arch step in the first joint epoch (``nas_manager.py``, ``if epoch > 0``) and
+    ``--grad_binary_mode full_v2`` (every candidate's gate gradient, ``imagenet_arch_search.py``)."""
+    model = ProxylessModule(ToySpace({"a": 1.0, "b": 0.5, "c": -1.0}), lr=0.0, warmup_lr=None, warmup_epochs=1,
+                            arch_update_every=1, measure_latency=False)
+    assert model.hparams.arch_delay_epochs == 1 and model.hparams.arch_estimator == "full"
+    steps = ArchStepEpochs()
+    fit(model, ToyData(), tmp_path, epochs=3, callbacks=[steps])
+    assert steps.epochs == [2, 2, 2] and model.arch_steps == 3  # warm-up (0), first joint epoch (1): none
+    assert steps.involved and all(inv == (0, 1, 2) for inv in steps.involved)
+    assert model.sample_path(torch.Generator()) is not None  # paths from softmax(α) from epoch 1 on
+
+
 @pytest.mark.parametrize(("loss_type", "estimator"), [("mul", "two_path"), ("add", "two_path"), ("mul", "full")])
 def test_latency_loss_moves_probability_to_the_cheaper_of_equal_candidates(tmp_path, loss_type, estimator):
     space = ToySpace({"fast": 1.0, "slow": 1.0})  # identical outputs: only the latency term tells them apart
     table = toy_latency_table(space, {"fast": 1.0, "slow": 5.0}, tmp_path / "table.json")
-    model = ProxylessModule(space, lr=0.0, warmup_lr=None, warmup_epochs=0, arch_update_every=1, arch_lr=0.05,
-                            latency_table=table, target_latency=12.0, loss_type=loss_type, arch_estimator=estimator,
-                            measure_latency=False)
+    model = ProxylessModule(space, lr=0.0, warmup_lr=None, warmup_epochs=0, arch_delay_epochs=0, arch_update_every=1,
+                            arch_lr=0.05, latency_table=table, target_latency=12.0, loss_type=loss_type,
+                            arch_estimator=estimator, measure_latency=False)
     fit(model, ToyData(), tmp_path, epochs=2, callbacks=[RecordArchSteps()])
     assert model.arch_steps == 6
     assert all(p["fast"] > 0.55 for p in model.arch_probabilities().values())
@@ -273,8 +299,8 @@ def test_latency_loss_moves_probability_to_the_cheaper_of_equal_candidates(tmp_p
 
 def test_reinforce_moves_probability_to_the_rewarded_candidate(tmp_path):
     space = ToySpace({"good": 1.0, "bad": 0.0, "worse": 0.0})  # only good∘good classifies (others: 1/3)
-    model = ProxylessModule(space, lr=0.0, warmup_lr=None, warmup_epochs=0, arch_update_every=1, arch_lr=0.2,
-                            arch_estimator="reinforce", reinforce_samples=8, measure_latency=False)
+    model = ProxylessModule(space, lr=0.0, warmup_lr=None, warmup_epochs=0, arch_delay_epochs=0, arch_update_every=1,
+                            arch_lr=0.2, arch_estimator="reinforce", reinforce_samples=8, measure_latency=False)
     fit(model, ToyData(), tmp_path, epochs=3)
     assert all(p["good"] > 0.5 for p in model.arch_probabilities().values())
     assert 0.0 < float(model.reinforce_baseline) <= 1.0
@@ -283,7 +309,8 @@ def test_reinforce_moves_probability_to_the_rewarded_candidate(tmp_path):
 
 def test_best_arch_json_has_costs_and_measured_latency(tmp_path):
     space = tiny_mobilenet()
-    model = ProxylessModule(space, warmup_epochs=0, arch_update_every=2, latency_metric="macs", target_latency=1e5)
+    model = ProxylessModule(space, warmup_epochs=0, arch_delay_epochs=0, arch_update_every=2, latency_metric="macs",
+                            target_latency=1e5)
     fit(model, ImageData(n=16), tmp_path, epochs=1, callbacks=[RecordArchSteps()])
     doc = json.loads(model.best_arch_path.read_text())
     assert load_arch(model.best_arch_path, space) == model.best_arch()
@@ -320,8 +347,8 @@ def test_checkpoint_of_another_space_is_refused():
 
 
 def _search(**kwargs: Any) -> ProxylessModule:
-    return ProxylessModule(tiny_mobilenet(), warmup_epochs=1, arch_update_every=2, arch_lr=0.05, seed=7,
-                           measure_latency=False, **kwargs)
+    return ProxylessModule(tiny_mobilenet(), warmup_epochs=1, arch_delay_epochs=0, arch_update_every=2, arch_lr=0.05,
+                           seed=7, measure_latency=False, **kwargs)
 
 
 class StopAfter(Callback):
@@ -382,7 +409,7 @@ class CompareRanks(Callback):
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["two_path", "reinforce"])
 def test_ddp_ranks_keep_identical_arch_and_weights(tmp_path, estimator):
-    model = ProxylessModule(tiny_mobilenet(), warmup_epochs=0, arch_update_every=1, arch_lr=0.05,
+    model = ProxylessModule(tiny_mobilenet(), warmup_epochs=0, arch_delay_epochs=0, arch_update_every=1, arch_lr=0.05,
                             arch_estimator=estimator, reinforce_samples=3, latency_metric="macs",
                             target_latency=1e5, measure_latency=False)
     out = tmp_path / "ranks.json"
