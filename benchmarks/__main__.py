@@ -21,7 +21,8 @@ from pathlib import Path
 from benchmarks.report import render
 
 HERE = Path(__file__).resolve().parent
-HELPERS = {"__init__", "__main__", "common", "report", "gpu_smoke"}  # gpu_smoke: a check, not a benchmark
+# gpu_smoke: a check, not a benchmark; quality_common: the search-quality benchmarks' shared pieces
+HELPERS = {"__init__", "__main__", "common", "report", "gpu_smoke", "quality_common"}
 
 
 def discover() -> list[str]:

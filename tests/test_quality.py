@@ -1,0 +1,49 @@
+"""The shared pieces of the search-quality benchmarks: paired statistics on known numbers, the regime's splits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.quality_common import Regime, load_splits, paired_stats, spread_and_noise
+
+
+def test_paired_stats_on_known_numbers() -> None:
+    # differences 1, 2, 3 points: mean 2, sd 1, t = 2·√3 = 3.464 on 2 degrees of freedom
+    stats = paired_stats([0.81, 0.72, 0.93], [0.80, 0.70, 0.90])
+    assert stats["differences_points"] == pytest.approx([1.0, 2.0, 3.0])
+    assert stats["search_minus_random_points"] == pytest.approx(2.0)
+    assert stats["mean_points"] == pytest.approx(2.0)
+    half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} · sd / √n
+    assert stats["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
+    assert stats["p_value"] == pytest.approx(0.037089, abs=1e-5)  # one-sided, from the t distribution
+    assert stats["wins"] == 3
+
+
+def test_paired_stats_direction_and_degenerate_cases() -> None:
+    worse = paired_stats([0.70, 0.70, 0.90], [0.81, 0.72, 0.93])
+    assert worse["search_minus_random_points"] < 0 and worse["p_value"] > 0.85 and worse["wins"] == 0
+    assert paired_stats([0.9, 0.8], [0.8, 0.7])["p_value"] == 0.0  # identical gains: no spread, certain
+    assert paired_stats([0.8, 0.8], [0.8, 0.8])["p_value"] == 0.5
+    assert math.isnan(paired_stats([0.9], [0.8])["p_value"])
+    with pytest.raises(ValueError, match="one search and one random"):
+        paired_stats([0.9, 0.8], [0.8])
+
+
+def test_spread_and_noise() -> None:
+    out = spread_and_noise([0.80, 0.90, 0.85], [[0.80, 0.82], [0.90, 0.88]])
+    assert out["arch_spread_points"] == pytest.approx(5.0)
+    assert out["seed_noise_points"] == pytest.approx(math.sqrt(2.0))
+    assert out["spread_over_noise"] == pytest.approx(5.0 / math.sqrt(2.0))
+
+
+def test_regime_splits_are_disjoint_and_fixed() -> None:
+    regime = Regime(train_images=100, val_images=50, input_size=8, noise_std=0.5)
+    a, b = load_splits(regime), load_splits(regime)
+    assert a.train[0].shape == (100, 3, 8, 8) and a.val[0].shape == (50, 3, 8, 8) and a.test[0].shape[0] == 360
+    assert (a.train[0] == b.train[0]).all() and (a.val[1] == b.val[1]).all()
+    rows = {tuple(x.flatten().tolist()) for x in a.train[0]}
+    assert not rows & {tuple(x.flatten().tolist()) for x in a.val[0]}
+    with pytest.raises(ValueError, match="exceeds"):
+        load_splits(Regime(train_images=1400, val_images=400))
