@@ -25,36 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.arch import Arch, ArchError, values_equal
+from lightning_nas.spaces.tokens import Anchor, Program, Token, program_from_decisions
 
 __all__ = ["Anchor", "ControllerSample", "LSTMController", "Program", "Token", "program_from_decisions"]
-
-
-@dataclass(frozen=True)
-class Token:
-    """A categorical decision ``name`` taking one of ``values``; tokens of one ``kind`` share a softmax."""
-
-    name: str
-    values: tuple[Any, ...]
-    kind: str = ""
-
-    @property
-    def key(self) -> str:
-        return self.kind or self.name
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """An anchor point: ``names[j]`` (values 0/1) says whether the ``j``-th earlier anchor feeds this layer."""
-
-    names: tuple[str, ...] = ()
-
-
-Program = Sequence[Token | Anchor]
-
-
-def program_from_decisions(decisions: Mapping[str, Sequence[Any]]) -> list[Token]:
-    """One token per decision, each with its own softmax (the generic controller program)."""
-    return [Token(name, tuple(values)) for name, values in decisions.items()]
 
 
 @dataclass

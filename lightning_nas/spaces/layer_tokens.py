@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.arch import Arch, ArchError, check_arch, load_arch
-from lightning_nas.controllers.lstm import Anchor, Token
+from lightning_nas.spaces.tokens import Anchor, Token
 
 __all__ = ["LayerTokenNet", "LayerTokenSpace", "build_child", "child_from_arch_file", "concat_padded", "layer_inputs"]
 

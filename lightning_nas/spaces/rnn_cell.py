@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_nas.arch import Arch, check_arch
-from lightning_nas.controllers.lstm import Token
+from lightning_nas.spaces.tokens import Token
 
 __all__ = ["ACTIVATIONS", "COMBINATIONS", "NASCell", "RNNCellSpace", "RNNLanguageModel", "tree_children"]
 
