@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
+from lightning_nas.datamodules.resumable import EpochSampler, ResumableDataLoader, run_seed
 from lightning_nas.errors import ConfigError, MissingFileError
 
 Transform = Callable[[Any], Any]
@@ -113,7 +114,8 @@ class TransformedSubset(Dataset):
         transform: Applied to each image.
         aug_seed: When given, each sample's random augmentation is drawn from a generator
             seeded by ``(aug_seed, index)``, so the same index always yields the same tensor;
-            the global RNG is left as it was.
+            the global RNG is left as it was. A key ``(i, seed)`` (from
+            :class:`~lightning_nas.datamodules.resumable.EpochSampler`) seeds sample ``i`` with ``seed``.
     """
 
     def __init__(
@@ -131,18 +133,22 @@ class TransformedSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        # an (i, seed) key comes from EpochSampler: the augmentation seed of sample i in this epoch
+        i, seed = key if isinstance(key, tuple) else (key, None)
         index = self.indices[i]
         image, label = self.dataset[index]
         if self.transform is None:
             return image, int(label)
-        if self.aug_seed is None:
+        if seed is None and self.aug_seed is not None:
+            seed = self.aug_seed * 1_000_003 + index
+        if seed is None:
             return self.transform(image), int(label)
         # The default CPU generator is what the transforms draw from; seeding it directly is far
         # cheaper per sample than torch.manual_seed / fork_rng, which also touch accelerators.
         generator = torch.default_generator
         state = generator.get_state()
-        generator.manual_seed(self.aug_seed * 1_000_003 + index)
+        generator.manual_seed(seed)
         try:
             return self.transform(image), int(label)
         finally:
@@ -278,19 +284,44 @@ class VisionDataModule(LightningDataModule):
         if stage in (None, "test", "predict"):
             self._setup_test()
 
+    def check_data(self) -> None:
+        """Read the training and test sets once (the loaders reuse them), before any run folder exists.
+
+        Raises:
+            DataRootError: naming the missing, truncated or foreign file and how to get a good copy.
+        """
+        self._setup_train()
+        self._setup_test()
+
+    def describe_unreadable(self, err: Exception, train: bool) -> DataRootError:
+        """The one-line error for a data set that failed to load (a data set names the bad file here)."""
+        split = "training" if train else "test"
+        return DataRootError(
+            f"{type(self).__name__}: could not read the {self.name} {split} set in {os.path.abspath(self.data_dir)!r} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); its files are damaged or of "
+            "another data set: replace them with the original ones."
+        )
+
+    def _read(self, make: Callable[[], Dataset], train: bool) -> Dataset:
+        self.check_data_root()
+        try:
+            return make()
+        except MissingFileError:
+            raise
+        except Exception as err:  # a truncated or foreign file: name it instead of a bare unpickling error
+            raise self.describe_unreadable(err, train) from err
+
     def _setup_train(self) -> None:
         if self._train_source is not None:
             return
-        self.check_data_root()
-        source = self.make_train_dataset()
+        source = self._read(self.make_train_dataset, train=True)
         self.train_indices, self.val_indices = split_indices(len(source), self.val_split, self.seed)
         self._train_source = source
 
     def _setup_test(self) -> None:
         if self._test_source is not None:
             return
-        self.check_data_root()
-        self._test_source = self.make_test_dataset()
+        self._test_source = self._read(self.make_test_dataset, train=False)
 
     # Data sets and loaders.
 
@@ -313,8 +344,17 @@ class VisionDataModule(LightningDataModule):
         return TransformedSubset(self._test_source, range(len(self._test_source)), self.eval_transforms)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented batches of the training part."""
-        return self._loader(self.train_dataset, shuffle=True, drop_last=self.drop_last)
+        """Shuffled, augmented batches of the training part, resumable at any batch.
+
+        The order is a function of ``(seed, seed_everything's seed, epoch, rank)``, each sample's augmentation
+        of ``(seed, epoch, index)`` (:class:`~lightning_nas.datamodules.resumable.EpochSampler`); under DDP
+        each rank reads its share.
+        """
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(self.train_dataset, num_replicas=world, rank=rank, seed=run_seed(self.seed),
+                               drop_last=self.drop_last)
+        return self._loader(self.train_dataset, drop_last=self.drop_last, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Batches of the held-out part of the training set (what searches score on)."""
@@ -357,13 +397,16 @@ class VisionDataModule(LightningDataModule):
         return self._calibration[key]
 
     def _loader(
-        self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False, batch_size: int | None = None
+        self, dataset: Dataset, drop_last: bool = False, batch_size: int | None = None,
+        sampler: EpochSampler | None = None,
     ) -> DataLoader:
         workers = self.num_workers > 0
-        return DataLoader(
+        # an own generator: iterating a loader never draws from (or shifts) the global RNG
+        return (DataLoader if sampler is None else ResumableDataLoader)(
             dataset,
             batch_size=batch_size or self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed),
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, ClassVar
 
 import torch
@@ -11,6 +12,26 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from lightning_nas.datamodules.base import DataRootError, Transform, VisionDataModule
+
+
+def _batch_file_problem(path: str, is_meta: bool, key: str) -> str | None:
+    """What is wrong with one CIFAR pickle (``None`` when it reads as torchvision expects)."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle is the answer
+        return f"{type(err).__name__}: {err}"
+    if not isinstance(entry, dict):
+        return f"it holds a {type(entry).__name__}, not a dict"
+    if is_meta:
+        return None if key in entry else f"no {key!r} entry"
+    data = entry.get("data")
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if data is None or labels is None:
+        return "no 'data' and labels entries"
+    if getattr(data, "ndim", 0) != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0]:
+        return f"'data' of shape {getattr(data, 'shape', None)} with {len(labels)} labels, expected (N, 3072)"
+    return None
 
 
 class _CIFAR10Files(datasets.CIFAR10):
@@ -120,6 +141,21 @@ class CIFAR10DataModule(VisionDataModule):
             f"{self.archive_name} into that folder, or point `data_dir` at the folder that holds "
             f"{self.dataset_cls.base_folder}/."
         )
+
+    def describe_unreadable(self, err: Exception, train: bool) -> DataRootError:
+        """Name the first batch file of the split that is truncated or not a CIFAR batch."""
+        cls = self.dataset_cls
+        names = [name for name, _ in (cls.train_list if train else cls.test_list)] + [cls.meta["filename"]]
+        for name in names:
+            path = os.path.join(self.data_dir, cls.base_folder, name)
+            problem = _batch_file_problem(path, is_meta=name == cls.meta["filename"], key=cls.meta["key"])
+            if problem:
+                return DataRootError(
+                    f"{type(self).__name__}: {path!r} is not a {self.name} batch file ({problem}): it is truncated or "
+                    f"of another data set. Fix: delete {os.path.join(self.data_dir, cls.base_folder)!r} and set "
+                    f"`download: true` (CLI: --data.init_args.download true) to fetch {self.archive_name} again."
+                )
+        return super().describe_unreadable(err, train)
 
     def make_train_dataset(self) -> Dataset:
         """The 50,000 training images as PIL images with integer labels."""

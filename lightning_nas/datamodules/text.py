@@ -99,8 +99,8 @@ class TextDataModule(LightningDataModule):
             raise DataRootError(
                 f"{self.data_dir} lacks {', '.join(missing)}: TextDataModule expects the Penn Treebank layout "
                 "(train.txt, valid.txt, test.txt; e.g. the files of the PTB language-modelling data from Mikolov's "
-                "simple-examples archive, ptb.train.txt renamed to train.txt, ...), or `--data.init_args.data_dir=null` "
-                "for the tiny corpus shipped with lightning_nas."
+                "simple-examples archive, ptb.train.txt renamed to train.txt, ...), or "
+                "`--data.init_args.data_dir=null` for the tiny corpus shipped with lightning_nas."
             )
 
     @property
