@@ -24,7 +24,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
-from tqdm.auto import tqdm
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
@@ -42,7 +41,8 @@ from lightning_nas.search.evaluate import (
     save_modes,
 )
 from lightning_nas.search.evolution import EvolutionConfig, EvolutionState, Record, arch_key, evolve, top_k
-from lightning_nas.search.output import next_command, publish_arch, run_folder
+from lightning_nas.search.interrupt import SearchInterrupted, StopRequests
+from lightning_nas.search.report import SearchProgress, write_report
 from lightning_nas.spaces.base import SearchSpace
 
 __all__ = ["EvolutionSearch", "SearchableModule"]
@@ -55,6 +55,12 @@ STATE_FORMAT = 1
 class _SearchData:
     calib: list[Tensor]
     val: list[tuple[Tensor, Tensor]]
+
+
+class _Stop(Exception):
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
 
 
 class EvolutionSearch(Callback):
@@ -85,7 +91,14 @@ class EvolutionSearch(Callback):
     (``best_arch_<constraint>.json`` with several constraints, and ``best_arch.json`` = the first constraint's),
     ``search_history.jsonl``, ``search_topk.md``, ``search_pareto.png``; the best archs are copied to
     ``<output_dir>`` (the latest answer, where ``recipes/retrain.yaml`` looks), beside ``search_state.json`` (the
-    resume point, rewritten after every generation); the same go to the loggers.
+    resume point, rewritten after every generation); the same go to the loggers. The summary is printed when the
+    trainer tears down, after the progress bars, so it is the last thing on screen.
+
+    Progress counts candidates (scored / total). On SIGTERM (Lightning's handler) or the first Ctrl+C the search
+    stops after the candidate being scored, saves ``search_state.json`` and ``search_interrupted.ckpt`` and raises
+    :class:`~lightning_nas.search.interrupt.SearchInterrupted` (exit code 143 / 130) saying how to resume; the
+    resumed search gives the uninterrupted result. A ``fit`` resumed from a checkpoint whose training had finished
+    runs no training hooks: ``NASTrainer.fit`` (the CLI's) then runs the pending search itself.
 
     Example::
 
@@ -123,31 +136,68 @@ class EvolutionSearch(Callback):
         self._latency: Any = None
         self._data: _SearchData | None = None
         self._buffers: dict[str, Tensor] = {}
+        self._snapshot: list[dict[str, Any]] = []
+        self._summary: list[str] = []
+        self._checked: Any = None
+        self._fit_started = self._searched = False
+        self.finish_pending_after_fit = False  # NASTrainer.fit sets it: it finishes a pending search itself
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(strategy=self.strategy, constraints=[c.name for c in self.constraints])
 
+    @property
+    def runs(self) -> list[EvolutionState]:
+        """One evolution per constraint (read by the report)."""
+        return self._runs
+
+    @property
+    def plot_metric(self) -> str:
+        """The cost on the Pareto plot's x axis."""
+        return "latency_ms" if any(c.metric == "latency_ms" for c in self.constraints) else "macs"
+
+    @property
+    def search_pending(self) -> bool:
+        """The last ``fit`` ended without searching (its checkpoint had finished training): nothing is found yet."""
+        return self._fit_started and not self._searched
+
     # --- hooks ------------------------------------------------------------------------------
+    def check_before_run(self, pl_module: LightningModule) -> None:
+        """Check what the search will need before anything is written: the module's space, the latency table
+        (its space, settings, device, batch) and that every constraint admits some arch.
+
+        The CLI calls it before the run folder, config or logger run exist; ``setup()`` calls it too.
+
+        Raises:
+            MisconfigurationException: the module has no search space.
+            PrerequisiteError: the latency table is of another space, device or batch size.
+            ConfigError: a constraint no arch of the space meets.
+        """
+        space = require_space(pl_module, "EvolutionSearch")
+        if self._checked is space:
+            return
+        if self.latency_table_path is not None and self._latency is None:
+            from lightning_nas.cost import LatencyTable
+
+            self._latency = LatencyTable.load(self.latency_table_path)
+        if self._latency is not None:  # a table of another space is refused before any work
+            self._latency.check(space)
+        _constraints.check_feasible(space, self.constraints, self._latency)
+        self._checked = space
+
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate") or (stage == "validate" and not self.run_on_validate):
             return
-        require_space(pl_module, "EvolutionSearch")
+        self._fit_started, self._searched = stage == "fit", False
+        self.check_before_run(pl_module)
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "val_dataloader") or not hasattr(dm, "train_dataloader"):
             raise MisconfigurationException(
                 "EvolutionSearch needs a LightningDataModule with train_dataloader() (or calibration_dataloader()) "
                 "for BatchNorm re-calibration and val_dataloader() (the held-out split) for scoring."
             )
-        if self.latency_table_path is not None and self._latency is None:
-            from lightning_nas.cost import LatencyTable
-
-            self._latency = LatencyTable.load(self.latency_table_path)
-        if self._latency is not None:  # a table of another space is refused before any work
-            self._latency.check(pl_module.space)
-        _constraints.check_feasible(pl_module.space, self.constraints, self._latency)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -160,10 +210,28 @@ class EvolutionSearch(Callback):
             self.search(trainer, pl_module)
 
     @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.search_pending and not self.finish_pending_after_fit and trainer.is_global_zero:
+            rank_zero_warn(
+                f"EvolutionSearch: this fit trained nothing (the checkpoint {trainer.ckpt_path} had finished training),"
+                " so no search ran and no arch was found. Finish it with `trainer.search(model, datamodule=dm)` "
+                "(lightning_nas.cli.NASTrainer) or `lightning-nas search --config <recipe> --ckpt_path "
+                f"{trainer.ckpt_path}`."
+            )
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # printed here, after the progress bars' teardown (callbacks before this one), so the summary stays last
+        lines, self._summary = self._summary, []
+        for line in lines:
+            rank_zero_info(line)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         if not self._settings:
             return {}
-        return {"format": STATE_FORMAT, "settings": self._settings, "runs": [r.state_dict() for r in self._runs],
+        # the runs as of their last finished generation (a generation half scored is replayed from the cache)
+        return {"format": STATE_FORMAT, "settings": self._settings, "runs": list(self._snapshot),
                 "cache": dict(self._cache)}
 
     @override
@@ -172,39 +240,70 @@ class EvolutionSearch(Callback):
 
     # --- the search -------------------------------------------------------------------------
     def search(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Record]:
-        """Run (or resume) the search on every rank; returns the best record per constraint."""
+        """Run (or resume) the search on every rank; returns the best record per constraint.
+
+        Raises:
+            SearchInterrupted: on SIGTERM or SIGINT, after the candidate being scored, with the state saved
+                (``search_state.json`` and ``search_interrupted.ckpt`` in the output folder).
+        """
+        self._searched = True
         space: SearchSpace = pl_module.space  # type: ignore[attr-defined]
         minimal = bool(trainer.fast_dev_run)
         config = EvolutionConfig(2, 1, 0, 0, self.config.mutation_prob, 1) if minimal else self.config
         out_dir = None if minimal else Path(self.output_dir or trainer.default_root_dir)
         self._settings = self._make_settings(space, config)
         self._resume(trainer, out_dir)
-        decisions = space.decisions()
-        costs = self._cost_fn(space)
-        score = self._score_fn(trainer, pl_module)
         quiet = not trainer.is_global_zero or trainer.progress_bar_callback is None
-        bar = tqdm(total=config.generations * len(self._runs), initial=sum(r.generation for r in self._runs),
-                   desc="EvolutionSearch", unit="gen", disable=quiet)
+        progress = SearchProgress(config, self._runs, quiet)
+        stop = StopRequests("EvolutionSearch")
+        try:
+            with stop.catching_sigint(), self._preserved(pl_module):
+                self._evolve_all(trainer, pl_module, config, out_dir, progress, stop)
+                self._select_best()
+                self.test_scores = self._test_best(trainer, pl_module) if self.test_best and not minimal else {}
+        except _Stop as halt:
+            progress.close()
+            raise self._interrupted(trainer, out_dir, halt.signal_name) from None
+        progress.close()
+        if trainer.is_global_zero:
+            self._summary = write_report(self, trainer, space, out_dir)
+        return self.best
+
+    def _evolve_all(self, trainer: Trainer, pl_module: LightningModule, config: EvolutionConfig,
+                    out_dir: Path | None, progress: SearchProgress, stop: StopRequests) -> None:
+        space: SearchSpace = pl_module.space  # type: ignore[attr-defined]
+        decisions, costs = space.decisions(), self._cost_fn(space)
+        score = self._score_fn(trainer, pl_module, progress, stop)
 
         def saved(run: EvolutionState) -> None:
-            bar.update(1)
-            best = top_k(run.history, 1)
-            bar.set_postfix(constraint=run.name, best=f"{best[0]['score']:.4f}" if best else "-")
+            self._snapshot = [r.state_dict() for r in self._runs]
+            progress.generation_done(run)
             if out_dir is not None and trainer.is_global_zero:
                 _write_json(out_dir / STATE_FILE, self.state_dict())
 
-        with self._preserved(pl_module):
-            for i, run in enumerate(self._runs):
-                c = self.constraints[i] if self.constraints else None
-                legal = (lambda a, c=c: c.satisfied(costs(a))) if c is not None else (lambda a: True)
-                evolve(decisions, config, score, is_legal=legal, costs=costs, seed=self.seed, run=i, state=run,
-                       on_generation=saved)
-            self._select_best()
-            self.test_scores = self._test_best(trainer, pl_module) if self.test_best and not minimal else {}
-        bar.close()
+        for i, run in enumerate(self._runs):
+            c = self.constraints[i] if self.constraints else None
+            legal = (lambda a, c=c: c.satisfied(costs(a))) if c is not None else (lambda a: True)
+            evolve(decisions, config, score, is_legal=legal, costs=costs, seed=self.seed, run=i, state=run,
+                   on_generation=saved)
+
+    def _interrupted(self, trainer: Trainer, out_dir: Path | None, signal_name: str) -> SearchInterrupted:
+        """Save the state (the state file and a checkpoint, on every rank together) and say how to resume."""
+        scored = len(self._cache)
+        if out_dir is None:
+            return SearchInterrupted(signal_name, f"EvolutionSearch stopped by {signal_name} after {scored} "
+                                                  "candidates (fast_dev_run: nothing saved).")
         if trainer.is_global_zero:
-            _report(self, trainer, space, out_dir)
-        return self.best
+            _write_json(out_dir / STATE_FILE, self.state_dict())
+        ckpt = out_dir / "search_interrupted.ckpt"
+        trainer.save_checkpoint(ckpt)  # trained weights (restored) + this search's state: resumable anywhere
+        command = "lightning-nas search" if trainer.state.fn == TrainerFn.VALIDATING else "lightning-nas fit"
+        return SearchInterrupted(
+            signal_name,
+            f"EvolutionSearch stopped by {signal_name} after {scored} scored candidates; its state is saved in "
+            f"{out_dir / STATE_FILE} and {ckpt}. Resume: rerun the same `{command}` command with --ckpt_path {ckpt}",
+            checkpoint=str(ckpt),
+        )
 
     def score_arch(self, trainer: Trainer, pl_module: LightningModule, arch: Arch) -> float:
         """Score one arch: re-calibrate BatchNorm on the calibration batches, then top-1 on the validation batches.
@@ -233,7 +332,8 @@ class EvolutionSearch(Callback):
         if out_dir is not None and trainer.is_global_zero and (out_dir / STATE_FILE).is_file():
             candidates.append(json.loads((out_dir / STATE_FILE).read_text()))
         matching = [s for s in candidates if s.get("settings") == self._settings] if trainer.is_global_zero else []
-        state = max(matching, key=lambda s: sum(r.get("generation", 0) for r in s["runs"]), default=None)
+        state = max(matching, key=lambda s: (sum(r.get("generation", 0) for r in s["runs"]), len(s.get("cache", {}))),
+                    default=None)
         state = trainer.strategy.broadcast(state, src=0)  # every rank must resume from the same point
         self._runs = [EvolutionState(name=c.name) for c in self.constraints] or [EvolutionState()]
         self._cache = {}
@@ -241,10 +341,11 @@ class EvolutionSearch(Callback):
             for run, saved in zip(self._runs, state["runs"]):
                 run.load_state_dict(saved)
             self._cache = {k: float(v) for k, v in state.get("cache", {}).items()}
+        self._snapshot = [r.state_dict() for r in self._runs]
 
     def _cost_fn(self, space: SearchSpace) -> Callable[[Arch], dict[str, float]]:
         fns = {c.metric: _constraints.cost_function(space, c.metric, self._latency) for c in self.constraints}
-        plot = self._plot_metric()
+        plot = self.plot_metric
         if plot not in fns:
             try:  # only for the plot's axis: a space without cost tables still gets searched
                 fn = _constraints.cost_function(space, plot, self._latency)
@@ -262,17 +363,21 @@ class EvolutionSearch(Callback):
 
         return costs
 
-    def _plot_metric(self) -> str:
-        return "latency_ms" if any(c.metric == "latency_ms" for c in self.constraints) else "macs"
-
-    def _score_fn(self, trainer: Trainer, pl_module: LightningModule) -> Callable[[list[Arch]], list[float]]:
+    def _score_fn(self, trainer: Trainer, pl_module: LightningModule, progress: SearchProgress,
+                  stop: StopRequests) -> Callable[[list[Arch]], list[float]]:
         def score(archs: list[Arch]) -> list[float]:
             keys = [arch_key(a) for a in archs]
             todo = list({k: a for k, a in zip(keys, archs) if k not in self._cache}.items())
+            progress.update(len(archs) - len(todo))  # scored before a resume
             rank, world = trainer.global_rank, trainer.world_size
-            local = [self.score_arch(trainer, pl_module, a) for _, a in todo[rank::world]]
-            for (k, _), s in zip(todo, _gather(trainer, local, len(todo), pl_module.device)):
-                self._cache[k] = s
+            for start in range(0, len(todo), world):  # one candidate per rank per round, then a stop check
+                chunk = todo[start:start + world]
+                local = [self.score_arch(trainer, pl_module, a) for _, a in chunk[rank:rank + 1]]
+                for (k, _), s in zip(chunk, _gather(trainer, local, len(chunk), pl_module.device)):
+                    self._cache[k] = s
+                progress.update(len(chunk))
+                if stop.agreed(trainer):
+                    raise _Stop(stop.requested(trainer) or "SIGTERM")
             return [self._cache[k] for k in keys]
 
         return score
@@ -350,138 +455,3 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)  # atomic: a search killed while writing keeps the previous resume point
 
 
-def _report(search: EvolutionSearch, trainer: Trainer, space: SearchSpace, out_dir: Path | None) -> None:
-    """Files in ``out_dir`` (none under ``fast_dev_run``) and the same to the trainer's loggers."""
-    files: dict[str, Path] = {}
-    folder = None
-    if out_dir is not None:
-        folder = search.run_dir = run_folder(out_dir, "evolution")
-        for i, (name, rec) in enumerate(search.best.items()):
-            extra = {"test_acc": search.test_scores[name]} if name in search.test_scores else {}
-            meta = {"score": rec["score"], "costs": rec["costs"], "constraint": name, "strategy": search.strategy,
-                    **extra}
-            # best_arch.json is the first constraint's answer (the one retrain.yaml reads by default)
-            stems = [f"best_arch_{name}"] if len(search._runs) > 1 else []
-            stems += ["best_arch"] if i == 0 else []
-            for stem in stems:
-                files.setdefault(name, publish_arch(rec["arch"], space, folder, out_dir, stem, announce=False, **meta))
-        with open(folder / "search_history.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in search.history)
-        (folder / "search_topk.md").write_text(_topk_markdown(search))
-        _pareto_plot(search, folder / "search_pareto.png")
-    _log(search, trainer, folder, files)
-    for line in summary_lines(search):
-        rank_zero_info(line)
-    if out_dir is not None:
-        rank_zero_info(f"Outputs: {folder}. Retrain the best arch: {next_command(out_dir / 'best_arch.json')}")
-
-
-def summary_lines(search: EvolutionSearch) -> list[str]:
-    """Per constraint: the best arch's score next to the median score of the random archs of generation 0."""
-    lines = []
-    for run in search._runs:
-        best = search.best.get(run.name)
-        if best is None:
-            lines.append(f"EvolutionSearch [{run.name}]: no arch met the constraint")
-            continue
-        random_scores = sorted(r["score"] for r in run.history if r["generation"] == 0)
-        median = random_scores[len(random_scores) // 2] if random_scores else float("nan")
-        costs = ", ".join(f"{k}={v:.4g}" for k, v in best["costs"].items())
-        lines.append(f"EvolutionSearch [{run.name}]: best arch scores {best['score']:.4f} ({costs}); median of the "
-                     f"{len(random_scores)} random archs of generation 0: {median:.4f} (held-out validation split)")
-        if run.name in search.test_scores:
-            lines.append(f"  best arch on the test split (inherited weights, BN re-calibrated): "
-                         f"{search.test_scores[run.name]:.4f}")
-        lines.append(f"  best arch: {json.dumps(best['arch'])}")
-    return lines
-
-
-def _topk_rows(search: EvolutionSearch) -> tuple[list[str], list[list[Any]]]:
-    metrics = sorted({m for r in search.history for m in r["costs"]})
-    rows = []
-    for run, c in zip(search._runs, search.constraints or [None]):
-        legal = [r for r in search.history if c is None or c.satisfied(r["costs"])]
-        for i, r in enumerate(top_k(legal, search.config.topk), 1):
-            rows.append([run.name, i, round(r["score"], 6), *[r["costs"].get(m) for m in metrics], r["generation"],
-                         json.dumps(r["arch"])])
-    return ["constraint", "rank", "score", *metrics, "generation", "arch"], rows
-
-
-def _topk_markdown(search: EvolutionSearch) -> str:
-    columns, rows = _topk_rows(search)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(f"`{v}`" if k == "arch" else f"{v:g}" if isinstance(v, float) else str(v)
-                                for k, v in zip(columns, row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _pareto_plot(search: EvolutionSearch, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    metric = search._plot_metric()
-    fig = Figure(figsize=(6, 4.5))
-    FigureCanvasAgg(fig)  # no pyplot: the process's backend stays untouched
-    ax = fig.add_subplot()
-
-    def x_of(r: Record, i: int) -> float:
-        return r["costs"].get(metric, i)
-
-    for run in search._runs:
-        points = [(x_of(r, i), r["score"]) for i, r in enumerate(search.history) if r["constraint"] == run.name]
-        ax.scatter(*zip(*points) if points else ([], []), s=10, alpha=0.5, label=run.name)
-    front, best = [], -float("inf")
-    for x, y in sorted((x_of(r, i), r["score"]) for i, r in enumerate(search.history)):
-        if y > best:
-            front.append((x, y))
-            best = y
-    if front:
-        ax.step(*zip(*front), where="post", color="black", lw=1, label="Pareto front")
-    for name, r in search.best.items():
-        ax.scatter([x_of(r, search.history.index(r))], [r["score"]], marker="*", s=150, edgecolor="black",
-                   label=f"best {name}")
-    for c in search.constraints:
-        for bound in (c.min, c.max):
-            if bound is not None and c.metric == metric:
-                ax.axvline(bound, ls="--", color="grey", lw=1)
-    known = any(metric in r["costs"] for r in search.history)
-    ax.set_xlabel(metric if known else "candidate")
-    ax.set_ylabel("val accuracy (re-calibrated BN)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def _log(search: EvolutionSearch, trainer: Trainer, out_dir: Path | None, files: dict[str, Path]) -> None:
-    single = len(search._runs) == 1
-    metrics: dict[str, float] = {"search/candidates": float(len(search.history))}
-    for name, r in search.best.items():
-        prefix = "search/" if single else f"search/{name}/"
-        metrics[f"{prefix}best_acc"] = r["score"]
-        metrics.update({f"{prefix}best_{m}": v for m, v in r["costs"].items()})
-    for logger in trainer.loggers:
-        if _is_live_wandb(logger):
-            _log_wandb(search, logger, out_dir, files)
-        logger.log_metrics(metrics, step=trainer.global_step)
-
-
-def _is_live_wandb(logger: Any) -> bool:
-    from lightning.pytorch.loggers import WandbLogger
-
-    if not isinstance(logger, WandbLogger):
-        return False
-    run = logger.experiment
-    return not getattr(run, "disabled", False) and type(run).__name__ != "RunDisabled"
-
-
-def _log_wandb(search: EvolutionSearch, logger: Any, out_dir: Path | None, files: dict[str, Path]) -> None:
-    import wandb
-
-    columns, rows = _topk_rows(search)
-    logger.log_table(key="search/topk", columns=columns, data=rows)
-    if out_dir is not None and (out_dir / "search_pareto.png").is_file():
-        logger.log_image(key="search/pareto", images=[str(out_dir / "search_pareto.png")])
-    for name, path in files.items():
-        artifact = wandb.Artifact(f"best_arch_{name}", type="arch", metadata=search.best[name]["costs"])
-        artifact.add_file(str(path))
-        logger.experiment.log_artifact(artifact)

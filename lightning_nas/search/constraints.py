@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightning_nas.arch import Arch
+from lightning_nas.errors import ConfigError
 
 __all__ = ["METRICS", "Constraint", "check_feasible", "cost_bounds", "cost_function", "format_amount"]
 
@@ -118,12 +119,12 @@ def check_feasible(space: Any, constraints: Sequence[Constraint], latency_table:
     """Fail before any scoring if some constraint excludes every arch of ``space``.
 
     Raises:
-        ValueError: naming the constraint and the space's smallest and largest cost.
+        ConfigError: naming the constraint and the space's smallest and largest cost (a ``ValueError``).
     """
     for c in constraints:
         lo, hi = cost_bounds(space, c.metric, latency_table)
         if (c.max is not None and c.max < lo) or (c.min is not None and c.min > hi):
-            raise ValueError(
+            raise ConfigError(
                 f"No arch of {getattr(space, 'space_name', type(space).__name__)} meets constraint {c.name!r} "
                 f"({c.describe()}): its {c.metric} ranges from {format_amount(lo)} ({lo:g}) to "
                 f"{format_amount(hi)} ({hi:g}). Loosen the bound or change the space."
