@@ -28,6 +28,21 @@ the global batch and is the same on every rank; DDP averages the weight gradient
 computed in closed form from the all-reduced log-likelihoods, identical on every rank with no gradient
 sync: ``π`` never enters a forward, so DDP needs ``find_unused_parameters=True``
 (``strategy: ddp_find_unused_parameters_true`` in the recipes).
+
+**Which settings are the paper's.** The paper's text (arXiv 1902.05116) was not available to check these
+defaults against; there is no official code. What the defaults are, and where they come from:
+
+- Space: DARTS' cell space (:class:`~lightning_nas.spaces.DartsCellSpace`), with one op per (edge, op)
+  (``op_weights="per_edge"``, as DARTS' supernet keeps weights: ``cnn/model_search.py``, one ``MixedOp`` per
+  edge); the old layout, one op per (slot, op) shared by the slot's inputs, is ``op_weights="shared"``.
+- Prior optimiser: DARTS' architecture optimiser, not a value from PARSEC: Adam, LR 3e-4, betas
+  (0.5, 0.999), weight decay 1e-3 (quark0/darts ``cnn/architect.py`` and ``cnn/train_search.py``
+  ``--arch_learning_rate``/``--arch_weight_decay``). Its decay pulls ``π`` towards the uniform prior.
+- Weight optimiser: DARTS' search settings (``cnn/train_search.py``): SGD 0.025 cosine to 0.001, momentum
+  0.9, weight decay 3e-4, gradient clip 5, batch 64, half of the training set for the weights.
+- ``K = 8`` archs per step: our choice (DARTS samples no archs, so it is not a DARTS value). FP-NAS (Yan
+  et al., CVPR 2021, §3.2) reports that PARSEC draws a fixed 16 archs per iteration in the DARTS space;
+  set ``K: 16`` to follow that report (twice the compute per step).
 """
 
 from __future__ import annotations
@@ -185,15 +200,15 @@ class PARSECModule(FixedPathValidation, LightningModule):
 
     Args:
         space: the supernet (e.g. :class:`~lightning_nas.spaces.DartsCellSpace`).
-        K: archs sampled per step (weight and prior steps).
+        K: archs sampled per step (weight and prior steps); 8 is our choice, not the paper's (see above).
         lr: weight LR (SGD, cosine to ``lr_min``; DARTS' search settings).
         lr_min: final weight LR.
         momentum: SGD momentum.
         weight_decay: decay on weight tensors (not BatchNorm/bias).
         grad_clip: gradient-norm clip of the weight step (DARTS: 5); ``0`` turns it off.
-        prior_lr: Adam LR of ``π``. The paper gives no optimiser; we take DARTS' architecture optimiser
-            (Liu et al. 2019, ``train_search.py``: Adam, LR 3e-4, betas (0.5, 0.999), weight decay 1e-3),
-            whose decay pulls ``π`` towards the uniform prior.
+        prior_lr: Adam LR of ``π``. DARTS' architecture optimiser (Liu et al. 2019, ``cnn/architect.py``: Adam,
+            LR 3e-4, betas (0.5, 0.999), weight decay 1e-3), not a value checked against PARSEC's text; its
+            decay pulls ``π`` towards the uniform prior.
         prior_betas: Adam betas of ``π``.
         prior_weight_decay: Adam (L2) weight decay of ``π``.
         prior_update_every: one prior step after every this many weight steps.

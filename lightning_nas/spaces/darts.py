@@ -9,16 +9,32 @@ type ``t`` in ``normal``/``reduce``, intermediate node ``i`` and input slot ``j`
 intermediate node ``k``) and ``f"{t}.node{i}.op{j}"`` (an op name). The two slots of a node are
 independent: they may pick the same input, and the node then sums two ops (with their own weights) of it.
 
-**Weight sharing**: each slot of each cell owns one op per op name, shared by all the inputs the slot can
-take (in a reduction cell: one stride-2 op per name for the cell inputs 0/1, one stride-1 op per name for
-the intermediate nodes, which are already reduced). A forward runs exactly one op per slot — the memory and
-compute of one architecture — and an op's weights see whichever input the slot picks. Per-(input, op)
-weights would let one module run twice per node when both slots agree, and cost twice the parameters.
+**Op weights** (``op_weights``): a forward runs exactly one op per slot — the memory and compute of one
+architecture — whichever way the weights are kept.
+
+- ``"per_edge"`` (default): one op per (edge, op name), an edge being one slot's connection to one input
+  (node ``i``, slot ``j``, input ``k``): no op's weights ever see two different inputs, as in DARTS' supernet
+  (Liu et al., official ``cnn/model_search.py``: one ``MixedOp``, i.e. one set of weights per op, on every
+  (node, input) edge). DARTS' two chosen inputs of a node are two distinct edges; here the two slots are
+  independent choices of PARSEC's prior (they may pick the same input), so each slot keeps its own edges
+  rather than sharing a (node, input) edge with the other slot: twice DARTS' count, ``2 · Σ_i (i + 2)`` edges
+  × ops per cell (28 × 7 for DARTS' 4-node cell, against DARTS' 14 × 7). Sharing one module between the two
+  slots would tie weights across two cost units, which the cost tables refuse (and make an arch whose slots
+  agree run one module twice).
+- ``"shared"``: one op per (slot, op name), shared by all the inputs the slot can take (in a reduction
+  cell: one stride-2 op per name for the cell inputs 0/1, one stride-1 op per name for the intermediate
+  nodes, which are already reduced); an op's weights see whichever input the slot picks. 2 · nodes slots ×
+  ops in a normal cell (8 × 7), 2 · (2 · nodes − 1) × ops in a reduction cell (14 × 7). This was the only
+  layout before ``op_weights`` existed; its parameter names are unchanged, so its checkpoints still load
+  with ``op_weights="shared"``.
+
+Both hold the same decisions and export the same networks for an arch, so arch files and PARSEC priors
+move freely between them; only checkpoints (the fingerprint counts the parameters) are tied to one.
 
 **Cost units**: each op bank (one slot's ops at one stride) is a unit keyed by the slot's op decision;
-in reduction cells also by its input decision (a stride-2 ``skip_connect`` is a ``FactorizedReduce``, a
-stride-1 one is free). A bank that is not active still gets called, returning ``None`` at once, so that
-the cost table sees the input shape of every bank.
+also by its input decision where the op that runs depends on it (per-edge weights; in reduction cells a
+stride-2 ``skip_connect`` is a ``FactorizedReduce``, a stride-1 one is free). A bank that is not active
+still gets called, returning ``None`` at once, so that the cost table sees the input shape of every bank.
 """
 
 from __future__ import annotations
@@ -43,9 +59,28 @@ from lightning_nas.spaces.darts_ops import (
     drop_path,
 )
 
-__all__ = ["DartsCell", "DartsCellSpace", "DartsNetwork", "DartsStem", "OpBank"]
+__all__ = ["OP_WEIGHTS", "DartsCell", "DartsCellSpace", "DartsNetwork", "DartsStem", "OpBank"]
 
 CELL_TYPES = ("normal", "reduce")
+OP_WEIGHTS = ("per_edge", "shared")
+
+
+def edge_key(index: int, op: str) -> str:
+    """The key of input ``index``'s op ``op`` in a per-edge bank (``"in3_sep_conv_3x3"``)."""
+    return f"in{index}_{op}"
+
+
+def _input_groups(node: int, reduction: bool) -> list[tuple[int, tuple[int, ...]]]:
+    """``(stride, inputs)`` of each bank of a slot: inputs of one resolution share a bank."""
+    if not reduction:
+        return [(1, tuple(range(node + 2)))]
+    return [(2, (0, 1))] + ([(1, tuple(range(2, node + 2)))] if node > 0 else [])
+
+
+def _bank_ops(ops: Sequence[str], channels: int, stride: int, inputs: Sequence[int], per_edge: bool) -> nn.ModuleDict:
+    if not per_edge:
+        return nn.ModuleDict({name: build_op(name, channels, stride) for name in ops})
+    return nn.ModuleDict({edge_key(k, name): build_op(name, channels, stride) for k in inputs for name in ops})
 
 
 class OpBank(Choice):
@@ -55,18 +90,18 @@ class OpBank(Choice):
         cell_type: ``"normal"`` or ``"reduce"``.
         node: the intermediate node (0-based).
         slot: the input slot (0 or 1).
-        channels: the cell's channel count.
-        stride: 2 for the cell inputs of a reduction cell, else 1.
-        ops: the op names.
+        ops: the op modules, keyed by op name (shared weights) or by :func:`edge_key` (per-edge weights).
+        op_names: the op names.
         inputs: the input indices this bank serves.
+        per_edge: whether ``ops`` holds one op per (input, name).
     """
 
-    def __init__(self, cell_type: str, node: int, slot: int, channels: int, stride: int, ops: Sequence[str],
-                 inputs: Sequence[int]) -> None:
+    def __init__(self, cell_type: str, node: int, slot: int, ops: nn.ModuleDict, op_names: Sequence[str],
+                 inputs: Sequence[int], per_edge: bool = False) -> None:
         super().__init__()
         self.in_name, self.op_name = f"{cell_type}.node{node}.in{slot}", f"{cell_type}.node{node}.op{slot}"
-        self.n_inputs, self.inputs, self.op_names = node + 2, tuple(inputs), list(ops)
-        self.ops = nn.ModuleDict({name: build_op(name, channels, stride) for name in ops})
+        self.n_inputs, self.inputs, self.op_names = node + 2, tuple(inputs), list(op_names)
+        self.ops, self.per_edge = ops, per_edge
         self.active_op, self.index, self.live = self.op_names[0], self.inputs[0], True
 
     def choice_decisions(self) -> dict[str, list[Any]]:
@@ -76,15 +111,21 @@ class OpBank(Choice):
         self.index, self.active_op = int(arch[self.in_name]), arch[self.op_name]
         self.live = self.index in self.inputs
 
+    def active_module(self) -> nn.Module:
+        """The op that runs for the active (input, op) (meaningful while the bank is live)."""
+        return self.ops[edge_key(self.index, self.active_op) if self.per_edge else self.active_op]
+
     def cost_keys(self) -> list[str]:
-        """The decisions this bank's cost depends on (the input only when the bank does not serve every input)."""
-        return [self.op_name] if len(self.inputs) == self.n_inputs else [self.in_name, self.op_name]
+        """The decisions this bank's cost depends on (the input too where the op that runs depends on it)."""
+        if self.per_edge or len(self.inputs) < self.n_inputs:
+            return [self.in_name, self.op_name]
+        return [self.op_name]
 
     def forward(self, x: Tensor) -> Tensor | None:
-        return self.ops[self.active_op](x) if self.live else None
+        return self.active_module()(x) if self.live else None
 
     def freeze(self) -> nn.Module:
-        return freeze_module(self.ops[self.active_op])
+        return freeze_module(self.active_module())
 
     def extra_repr(self) -> str:
         return f"{self.op_name}, inputs={list(self.inputs)}, active=({self.index}, {self.active_op!r})"
@@ -94,15 +135,12 @@ class InputSlot(nn.Module):
     """One input of an intermediate node: the op banks (one per stride) of that slot."""
 
     def __init__(self, cell_type: str, node: int, slot: int, channels: int, reduction: bool,
-                 ops: Sequence[str]) -> None:
+                 ops: Sequence[str], per_edge: bool = True) -> None:
         super().__init__()
-        if not reduction:
-            banks = [OpBank(cell_type, node, slot, channels, 1, ops, range(node + 2))]
-        else:
-            banks = [OpBank(cell_type, node, slot, channels, 2, ops, (0, 1))]
-            if node > 0:
-                banks.append(OpBank(cell_type, node, slot, channels, 1, ops, range(2, node + 2)))
-        self.banks = nn.ModuleList(banks)
+        self.banks = nn.ModuleList(
+            OpBank(cell_type, node, slot, _bank_ops(ops, channels, stride, inputs, per_edge), ops, inputs, per_edge)
+            for stride, inputs in _input_groups(node, reduction)
+        )
 
     def active_bank(self) -> OpBank:
         return next(b for b in self.banks if b.live)
@@ -125,13 +163,14 @@ class SearchCell(nn.Module):
     """A supernet cell: preprocessing of the two inputs, ``nodes`` nodes of two slots, concat of the nodes."""
 
     def __init__(self, reduction: bool, reduction_prev: bool, c_pp: int, c_p: int, c: int, nodes: int,
-                 ops: Sequence[str]) -> None:
+                 ops: Sequence[str], per_edge: bool = True) -> None:
         super().__init__()
         self.reduction = reduction
         self.pre0, self.pre1 = _preprocess(c_pp, c_p, c, reduction_prev)
         cell_type = CELL_TYPES[int(reduction)]
         self.nodes = nn.ModuleList(
-            nn.ModuleList(InputSlot(cell_type, i, j, c, reduction, ops) for j in range(2)) for i in range(nodes)
+            nn.ModuleList(InputSlot(cell_type, i, j, c, reduction, ops, per_edge) for j in range(2))
+            for i in range(nodes)
         )
 
     def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
@@ -228,7 +267,10 @@ class DartsNetwork(SubNetwork):
         return logits if aux is None else (logits, aux)
 
 
-def _check_args(input_size: int, init_channels: int, layers: int, nodes: int, ops: Sequence[str]) -> None:
+def _check_args(input_size: int, init_channels: int, layers: int, nodes: int, ops: Sequence[str],
+                op_weights: str) -> None:
+    if op_weights not in OP_WEIGHTS:
+        raise ValueError(f"DartsCellSpace op_weights must be one of {OP_WEIGHTS}, got {op_weights!r}")
     bad = [o for o in ops if o not in OP_BUILDERS]
     if bad or not ops or len(set(ops)) != len(ops):
         raise ValueError(f"DartsCellSpace ops must be distinct names from {sorted(OP_BUILDERS)}; got {list(ops)}")
@@ -257,10 +299,13 @@ class DartsCellSpace(SearchSpace):
         stem_multiplier: stem width over ``init_channels`` (32/64 px).
         auxiliary: exported networks get DARTS' auxiliary head on the 2/3-depth cell (training output).
         drop_path: the ``drop_path_prob`` of exported networks (training only).
+        op_weights: ``"per_edge"`` (one op per (node, slot, input, op name): no weights shared between inputs,
+            as DARTS' supernet) or ``"shared"`` (one op per (slot, op name), shared by the slot's inputs); see
+            the module docstring.
 
     Raises:
-        ValueError: unknown or repeated ops, fewer than 3 layers, an odd ``init_channels``, or an input size
-            the reductions cannot halve.
+        ValueError: unknown or repeated ops, fewer than 3 layers, an odd ``init_channels``, an input size
+            the reductions cannot halve, or an unknown ``op_weights``.
 
     Example::
 
@@ -271,11 +316,11 @@ class DartsCellSpace(SearchSpace):
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, init_channels: int = 16, layers: int = 8,
                  nodes: int = 4, ops: Sequence[str] = DARTS_OPS, include_none: bool = False, stem_multiplier: int = 3,
-                 auxiliary: bool = False, drop_path: float = 0.0) -> None:
+                 auxiliary: bool = False, drop_path: float = 0.0, op_weights: str = "per_edge") -> None:
         super().__init__()
         ops = [*ops, NONE] if include_none and NONE not in ops else list(ops)
-        _check_args(input_size, init_channels, layers, nodes, ops)
-        self.num_classes, self.input_size, self.ops = num_classes, input_size, ops
+        _check_args(input_size, init_channels, layers, nodes, ops, op_weights)
+        self.num_classes, self.input_size, self.ops, self.op_weights = num_classes, input_size, ops, op_weights
         self.auxiliary, self.drop_path = auxiliary, drop_path
         imagenet = input_size > 64
         c = init_channels
@@ -288,12 +333,23 @@ class DartsCellSpace(SearchSpace):
         for i in range(layers):
             reduction = i in self.reductions
             c = c * 2 if reduction else c
-            cells.append(SearchCell(reduction, reduction_prev, c_pp, c_p, c, nodes, ops))
+            cells.append(SearchCell(reduction, reduction_prev, c_pp, c_p, c, nodes, ops, op_weights == "per_edge"))
             c_pp, c_p, reduction_prev = c_p, nodes * c, reduction
             if i == self.aux_index:
                 self.aux_channels = c_p
         self.features = nn.ModuleList(cells)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c_p, num_classes))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The constructor settings an arch file records: all but ``op_weights``.
+
+        The weight layout changes neither the decisions nor the exported network of an arch, so an arch file
+        fits both layouts, and files written before ``op_weights`` existed (shared weights) still load.
+        """
+        settings = super().settings
+        settings.pop("op_weights", None)
+        return settings
 
     def forward_features(self, x: Tensor) -> Tensor:
         s0, s1 = self.stem(x)

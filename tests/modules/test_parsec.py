@@ -25,6 +25,7 @@ from lightning_nas.modules.parsec import (
     score_gradient,
 )
 from lightning_nas.nn import LayerChoice
+from lightning_nas.spaces import DartsCellSpace
 from lightning_nas.spaces.base import SearchSpace
 from tests.helpers.tiny_space import Scale
 
@@ -176,6 +177,23 @@ def test_prior_init_transfers_and_checks_decisions(tmp_path):
         PARSECModule(ToySpace(), prior_init=str(path))
     with pytest.raises(FileNotFoundError, match="run `lightning-nas fit --config recipes/parsec/cifar10.yaml` first"):
         PARSECModule(ToySpace(), prior_init=str(tmp_path / "nope.json"))
+
+
+def test_prior_from_a_shared_weights_space_transfers_to_per_edge_weights(tmp_path):
+    """The weight layout changes no decision: a prior searched with ``op_weights="shared"`` starts a per-edge run."""
+    def darts(**kwargs: Any) -> DartsCellSpace:
+        return DartsCellSpace(num_classes=3, input_size=8, init_channels=4, layers=3, **kwargs)
+
+    source = PARSECModule(darts(op_weights="shared"))
+    with torch.no_grad():
+        for i, a in enumerate(source.prior_logits):
+            a.copy_(torch.linspace(-1.0, 1.0, len(a)) * (i % 3))
+    path = source.save_prior(tmp_path / "prior.json")
+    target = PARSECModule(darts(), prior_init=str(path))
+    assert target.space.op_weights == "per_edge"
+    for a, b in zip(source.prior_logits, target.prior_logits):
+        assert torch.equal(a.detach(), b.detach())
+    assert target.argmax_arch() == source.argmax_arch()
 
 
 def test_bad_arguments():

@@ -1,16 +1,19 @@
-"""DartsCellSpace: decisions, single-path forward, export equal to the supernet, cost tables, retraining extras."""
+"""DartsCellSpace: decisions, single-path forward, export equal to the supernet, cost tables, retraining extras,
+and the two op-weight layouts (per edge, the default; shared per slot)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_nas import ArchError
+from lightning_nas import ArchError, load_arch, save_arch
 from lightning_nas.cost import cost_table, count_macs
 from lightning_nas.nn import Choice
-from lightning_nas.spaces.darts import DartsCellSpace, DartsNetwork
-from lightning_nas.spaces.darts_ops import DARTS_OPS, FactorizedReduce
+from lightning_nas.spaces.darts import OP_WEIGHTS, DartsCellSpace, DartsNetwork, OpBank
+from lightning_nas.spaces.darts_ops import DARTS_OPS, FactorizedReduce, SepConv
 
 
 def tiny(size: int = 8, **kwargs) -> DartsCellSpace:
@@ -18,9 +21,13 @@ def tiny(size: int = 8, **kwargs) -> DartsCellSpace:
     return DartsCellSpace(num_classes=5, input_size=size, init_channels=4, layers=3, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def space_with_table() -> tuple[DartsCellSpace, object]:
-    space = tiny(16, include_none=True).eval()
+def banks(space: DartsCellSpace) -> list[OpBank]:
+    return [m for m in space.modules() if isinstance(m, OpBank)]
+
+
+@pytest.fixture(scope="module", params=OP_WEIGHTS)
+def space_with_table(request) -> tuple[DartsCellSpace, object]:
+    space = tiny(16, include_none=True, op_weights=request.param).eval()
     return space, cost_table(space)
 
 
@@ -35,9 +42,10 @@ def test_decisions_are_shared_per_cell_type():
     assert DartsCellSpace(layers=8, init_channels=4).reductions == (2, 5)
 
 
+@pytest.mark.parametrize("op_weights", OP_WEIGHTS)
 @pytest.mark.parametrize("size", [8, 16, 224])
-def test_export_equals_supernet_on_random_archs(size):
-    space = tiny(size, include_none=True)
+def test_export_equals_supernet_on_random_archs(size, op_weights):
+    space = tiny(size, include_none=True, op_weights=op_weights)
     x = torch.randn(2, 3, size, size)
     for seed in range(4 if size < 224 else 1):
         arch = space.sample(torch.Generator().manual_seed(seed))
@@ -49,8 +57,9 @@ def test_export_equals_supernet_on_random_archs(size):
             torch.testing.assert_close(net(x), space(x), atol=1e-5, rtol=0)
 
 
-def test_two_slots_on_one_input_sum_two_ops():
-    space = tiny().eval()
+@pytest.mark.parametrize("op_weights", OP_WEIGHTS)
+def test_two_slots_on_one_input_sum_two_ops(op_weights):
+    space = tiny(op_weights=op_weights).eval()
     arch = {k: (0 if ".in" in k else "sep_conv_3x3") for k in space.decisions()}
     space.activate(arch)
     net = space.export(arch).eval()
@@ -60,30 +69,71 @@ def test_two_slots_on_one_input_sum_two_ops():
     torch.testing.assert_close(net(x), space(x), atol=1e-5, rtol=0)
 
 
-def test_backward_reaches_only_the_chosen_ops():
-    space = tiny()
+@pytest.mark.parametrize("op_weights", OP_WEIGHTS)
+def test_backward_reaches_only_the_chosen_ops(op_weights):
+    space = tiny(op_weights=op_weights)
     arch = space.sample(torch.Generator().manual_seed(1))
     space.activate(arch)
     space(torch.randn(2, 3, 8, 8)).sum().backward()
-    for cell in space.features:
-        for node in cell.nodes:
-            for slot in node:
-                for bank in slot.banks:
-                    for name, op in bank.ops.items():
-                        chosen = bank.live and name == bank.active_op
-                        assert all((p.grad is not None) == chosen for p in op.parameters())
+    for bank in banks(space):
+        chosen = bank.active_module() if bank.live else None
+        for op in bank.ops.values():
+            assert all((p.grad is not None) == (op is chosen) for p in op.parameters())
 
 
-def test_reduction_banks_follow_the_input():
-    space = tiny()
-    cell = space.features[1]
-    node = cell.nodes[2]
+@pytest.mark.parametrize("op_weights", OP_WEIGHTS)
+def test_reduction_banks_follow_the_input(op_weights):
+    space = tiny(op_weights=op_weights)
+    node = space.features[1].nodes[2]
     arch = {**space.sample(torch.Generator().manual_seed(0)), "reduce.node2.in0": 1, "reduce.node2.op0": "skip_connect"}
     space.activate(arch)
     wide, narrow = node[0].banks
-    assert node[0].active_bank() is wide and isinstance(wide.ops["skip_connect"], FactorizedReduce)
+    assert node[0].active_bank() is wide and isinstance(wide.active_module(), FactorizedReduce)
     space.activate({**arch, "reduce.node2.in0": 3})
-    assert node[0].active_bank() is narrow and isinstance(narrow.ops["skip_connect"], nn.Identity)
+    assert node[0].active_bank() is narrow and isinstance(narrow.active_module(), nn.Identity)
+
+
+def _node2_op(space: DartsCellSpace, arch: dict, cell: int = 0) -> nn.Module:
+    space.activate(arch)
+    return space.features[cell].nodes[2][0].active_bank().active_module()
+
+
+def test_per_edge_weights_by_default_one_op_per_slot_input_and_name():
+    """Default: an op's weights never see two inputs (DARTS keeps weights per (edge, op)); ``shared`` keeps one op
+    per (slot, name) for every input of the slot."""
+    arch = {**tiny().sample(torch.Generator().manual_seed(0)), "normal.node2.op0": "sep_conv_3x3"}
+    on = [{**arch, "normal.node2.in0": k} for k in range(4)]
+    space = tiny()
+    assert space.op_weights == "per_edge"
+    ops = [_node2_op(space, a) for a in on]
+    assert all(isinstance(op, SepConv) for op in ops) and len({id(op) for op in ops}) == 4
+    shared = tiny(op_weights="shared")
+    assert len({id(_node2_op(shared, a)) for a in on}) == 1
+    other_slot = shared.features[0].nodes[2][1].banks[0].ops["sep_conv_3x3"]
+    assert other_slot is not _node2_op(shared, on[0])  # the two slots never share, in either layout
+
+
+@pytest.mark.parametrize(("op_weights", "normal", "reduce"), [("per_edge", 28, 28), ("shared", 8, 14)])
+def test_op_count_per_cell(op_weights, normal, reduce):
+    space = tiny(op_weights=op_weights)
+    n_ops = len(DARTS_OPS)
+    for cell, per_name in zip(space.features, (normal, reduce, reduce)):
+        assert sum(len(b.ops) for b in banks(cell)) == per_name * n_ops
+
+
+def test_layouts_share_decisions_arch_files_and_exported_networks(tmp_path):
+    per_edge, shared = tiny(), tiny(op_weights="shared")
+    assert per_edge.decisions() == shared.decisions() and per_edge.fingerprint() != shared.fingerprint()
+    assert "op_weights" not in per_edge.settings and per_edge.settings == shared.settings
+    arch = shared.sample(torch.Generator().manual_seed(2))
+    path = save_arch(arch, tmp_path / "arch.json", shared)
+    assert load_arch(path, per_edge) == arch
+    shapes = [[p.shape for p in space.export(arch).parameters()] for space in (per_edge, shared)]
+    assert shapes[0] == shapes[1]
+    doc = json.loads(path.read_text())
+    doc["settings"].pop("op_weights", None)  # as written before op_weights existed
+    path.write_text(json.dumps(doc))
+    assert load_arch(path, per_edge) == load_arch(path, shared) == arch
 
 
 def test_validate_names_the_bad_key():
@@ -98,7 +148,8 @@ def test_validate_names_the_bad_key():
 
 
 @pytest.mark.parametrize("kwargs", [{"layers": 2}, {"ops": ("sep_conv_3x3", "conv_9x9")}, {"init_channels": 5},
-                                    {"input_size": 30}, {"input_size": 100}, {"ops": ("max_pool_3x3",) * 2}])
+                                    {"input_size": 30}, {"input_size": 100}, {"ops": ("max_pool_3x3",) * 2},
+                                    {"op_weights": "per_node"}])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         DartsCellSpace(**{"init_channels": 4, "layers": 3, "input_size": 8, **kwargs})
