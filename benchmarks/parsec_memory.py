@@ -19,6 +19,13 @@ The prior step is switched off (``prior_update_every`` larger than the run): it 
 - **Time**: per-round ratios (interleaved rounds) of the PARSEC step with ``K`` archs over one arch's
   plain step (activate, forward, cross-entropy, backward, clip, SGD step) averaged over the same ``K``
   archs; ``K`` archs cost ``≈ K`` single steps.
+- **Op weights** (``DartsCellSpace(op_weights=...)``): the supernet's parameter count and float32 MiB with
+  one op per (edge, op) (``per_edge``, the default) and one op per (slot, op) shared by the slot's inputs
+  (``shared``), and one arch's saved-activation bytes in each (the same: one path runs either way). Then a
+  short search on digits (16 px, the official training part only: 1,000 images for the weights, the other
+  437 held out), the same for both layouts: PARSEC weight steps (``training_step``, ``K`` archs, prior held
+  uniform so both layouts see the same archs and batches), then the held-out accuracy of the same uniformly
+  sampled archs in each layout (batch-statistics BatchNorm, as ``PARSECModule.score_archs``).
 """
 
 from __future__ import annotations
@@ -34,9 +41,9 @@ from torch import Tensor, nn
 
 from benchmarks.common import Bench, interleaved, ratios, saved_activation_bytes, spread
 from lightning_nas.callbacks.path_sampling import step_generator
-from lightning_nas.modules.parsec import PARSECModule, sample_indices
+from lightning_nas.modules.parsec import PARSECModule, frozen_bn_statistics, sample_indices
 from lightning_nas.spaces import DartsCellSpace
-from lightning_nas.spaces.darts import CELL_TYPES, SearchCell
+from lightning_nas.spaces.darts import CELL_TYPES, OP_WEIGHTS, SearchCell, edge_key
 from lightning_nas.spaces.darts_ops import DARTS_OPS
 
 CLASSES, SIZE = 10, 32
@@ -95,9 +102,10 @@ class _Held:
         self.owner._drop(self.ptr)
 
 
-def make_space(channels: int, layers: int, n_ops: int = len(DARTS_OPS)) -> DartsCellSpace:
-    return DartsCellSpace(num_classes=CLASSES, input_size=SIZE, init_channels=channels, layers=layers,
-                          ops=DARTS_OPS[:n_ops])
+def make_space(channels: int, layers: int, n_ops: int = len(DARTS_OPS), op_weights: str = "per_edge",
+               size: int = SIZE) -> DartsCellSpace:
+    return DartsCellSpace(num_classes=CLASSES, input_size=size, init_channels=channels, layers=layers,
+                          ops=DARTS_OPS[:n_ops], op_weights=op_weights)
 
 
 def standalone(space: DartsCellSpace, steps: int = 10**9) -> PARSECModule:
@@ -184,7 +192,8 @@ def mixed_cells(space: DartsCellSpace, alphas: dict[str, Tensor]) -> Iterator[No
                 for j, h in enumerate(states):
                     bank = next(b for b in slot.banks if j in b.inputs)  # the op weights of this stride
                     w = torch.softmax(alphas[f"{ctype}.node{i}.edge{j}"], 0)
-                    terms += [w[o] * op(h) for o, op in enumerate(bank.ops.values())]
+                    ops = [bank.ops[edge_key(j, n) if bank.per_edge else n] for n in bank.op_names]
+                    terms += [w[o] * op(h) for o, op in enumerate(ops)]
                 states.append(sum(terms))
             return torch.cat(states[2:], dim=1)
         return forward
@@ -213,6 +222,77 @@ def _one_arch_loss(space: DartsCellSpace, arch: dict, x: Tensor, y: Tensor) -> C
     return loss
 
 
+def _digits(size: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """(weights split, held-out split) of the official digits training part (the test part is never used)."""
+    from lightning_nas.datamodules.digits import digits_test_indices, load_digits_tensors
+
+    images, labels = load_digits_tensors(size)
+    train, _ = digits_test_indices(labels)
+    order = torch.tensor(train)[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))]
+    fit, held = order[:1000], order[1000:]
+    return (images[fit], labels[fit]), (images[held], labels[held])
+
+
+def held_out_accuracy(space: DartsCellSpace, archs: list[dict], x: Tensor, y: Tensor) -> list[float]:
+    space.train()
+    with torch.no_grad(), frozen_bn_statistics(space):
+        out = []
+        for arch in archs:
+            space.activate(arch, validate=False)
+            out.append(float((space(x).argmax(1) == y).float().mean()))
+    return out
+
+
+def _spread_figures(bench: Bench, key: str, values: list[float]) -> None:
+    sp = spread(values)
+    bench.figure(f"{key}_median", sp["median"])
+    bench.figure(f"{key}_mean", sum(values) / len(values))
+    bench.figure(f"{key}_min_max", [sp["min"], sp["max"]])
+
+
+def sharing_study(bench: Bench, quick: bool, seed: int) -> None:
+    """Short search on digits in both layouts; held-out accuracy of the same sampled archs."""
+    channels, layers, size, k, batch = (4, 3, 8, 2, 32) if quick else (8, 5, 16, 4, 64)
+    steps, n_archs = (6, 4) if quick else (150, 30)
+    (xf, yf), (xh, yh) = _digits(size)
+    archs: list[dict] = []
+    acc: dict[str, list[float]] = {}
+    for op_weights in OP_WEIGHTS:
+        torch.manual_seed(seed)
+        space = make_space(channels, layers, op_weights=op_weights, size=size)
+        module = standalone(space, steps)
+        module.hparams.K = k
+        order = torch.randperm(len(yf), generator=torch.Generator().manual_seed(seed))
+        for step in range(steps):
+            idx = order[(step * batch) % len(order):][:batch]
+            module.trainer.fit_loop.total_batch_idx = step
+            module.training_step((xf[idx], yf[idx]), step)
+        archs = archs or [space.sample(torch.Generator().manual_seed(seed + 1000 + i)) for i in range(n_archs)]
+        acc[op_weights] = held_out_accuracy(space, archs, xh, yh)
+        _spread_figures(bench, f"sampled_arch_acc_{op_weights}", acc[op_weights])
+    diff = [a - b for a, b in zip(acc["per_edge"], acc["shared"])]
+    _spread_figures(bench, "sampled_arch_acc_per_edge_minus_shared", diff)
+    bench.figure("sampled_arch_per_edge_better_fraction", sum(d > 0 for d in diff) / len(diff))
+    bench.settings.update({"sharing_study": f"digits {size} px, DartsCellSpace(init_channels={channels}, "
+                                            f"layers={layers}), K={k}, batch={batch}, {steps} weight steps, "
+                                            f"{n_archs} archs scored on 437 held-out images"})
+
+
+def op_weight_memory(bench: Bench, channels: int, layers: int, x: Tensor, y: Tensor, gen: torch.Generator) -> None:
+    """Parameters of each layout, and one arch's saved activations in each (the same archs)."""
+    archs = [make_space(channels, layers).sample(gen) for _ in range(3)]
+    saved, counts = {}, {}
+    for op_weights in OP_WEIGHTS:
+        space = make_space(channels, layers, op_weights=op_weights).train()
+        counts[op_weights] = bench.figure(f"params_{op_weights}", sum(p.numel() for p in space.parameters()))
+        bench.figure(f"params_MiB_{op_weights}", counts[op_weights] * 4 / 2**20)
+        saved[op_weights] = [saved_activation_bytes(_one_arch_loss(space, a, x, y), list(space.parameters()))
+                             for a in archs]
+    bench.figure("params_ratio_per_edge_over_shared", counts["per_edge"] / counts["shared"])
+    bench.figure("one_arch_saved_ratio_per_edge_over_shared",
+                 spread(a / b for a, b in zip(saved["per_edge"], saved["shared"]))["max"])
+
+
 def main(argv: list[str] | None = None) -> None:
     bench = Bench("parsec_memory", "Saved-activation peak and step time of PARSEC's weight step (K archs, each "
                   "forward+backward before the next) over one arch's, next to an all-ops DARTS mixed cell.")
@@ -239,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         bench.figure(f"parsec_mem_ratio_K{k}", spread(p / big for p, big, _ in mem[k])["max"])
     bench.figure("parsec_mem_ratio", max(p / big for k in KS for p, big, _ in mem[k]))
     bench.figure("parsec_mem_ratio_vs_median_arch_K8", spread(p / med for p, _, med in mem[max(KS)])["median"])
+    op_weight_memory(bench, channels, layers, x, y, gen)
     one_arch = [big for _, big, _ in mem[1]]
     bench.figure("one_arch_peak_MiB", spread(one_arch)["median"] / 2**20)
     bench.target("parsec_mem_ratio", "<=", 1.3)
@@ -277,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         bench.figure(f"step_time_ratio_K{k}_min_max", [sr["min"], sr["max"]])
         bench.figure(f"step_time_per_arch_K{k}", sr["median"] / k)
 
+    sharing_study(bench, args.quick, args.seed)
+
     bench.note("The PARSEC step is PARSECModule.training_step itself on a stand-in trainer (single process: "
                "strategy.reduce is the identity, manual_backward is loss.backward(), clip_gradients is "
                "clip_grad_norm_, its own configure_optimizers' SGD and cosine schedule, logging off, prior step off).")
@@ -290,6 +373,12 @@ def main(argv: list[str] | None = None) -> None:
                "DARTS' affine-free BatchNorm) over the median of 3 sampled archs' saved bytes on the same space.")
     bench.note("step_time_ratio_K*: median per-round time of a K-arch PARSEC step / (time of K one-arch plain steps "
                "on the same archs / K): ≈ K is ideal; step_time_per_arch_K* divides it by K (overhead per arch).")
+    bench.note("params_*: the supernet's parameters with op_weights='per_edge' (one op per (node, slot, input, op): "
+               "the default) and 'shared' (one op per (slot, op), shared by the slot's inputs); "
+               "one_arch_saved_ratio: one arch's saved activations per_edge / shared on the same 3 archs (worst). "
+               "sampled_arch_acc_*: held-out accuracy (min/median/max...) of the same uniformly sampled archs after "
+               "the same short PARSEC weight training (uniform prior) in each layout; per_edge_minus_shared: the "
+               "paired differences.")
     bench.emit()
 
 
