@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -63,6 +63,7 @@ __all__ = [
     "regime_from_args",
     "spread_and_noise",
     "standalone_accuracy",
+    "standalone_runs",
     "train_standalone",
 ]
 
@@ -83,12 +84,13 @@ class Regime:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     split_seed: int = 42
+    repeats: int = 1
 
     def describe(self) -> str:
         """One line for the page's table."""
         noise = f", noise σ {self.noise_std:g}" if self.noise_std else ""
         return (f"{self.data} {self.input_size} px, {self.train_images} train / {self.val_images} val images"
-                f"{noise}; stand-alone {self.epochs} epochs")
+                f"{noise}; stand-alone {self.epochs} epochs, mean of {self.repeats} seed(s)")
 
     def settings(self) -> dict[str, Any]:
         return {"regime": self.describe(), "regime_settings": asdict(self)}
@@ -220,6 +222,13 @@ def standalone_accuracy(net: nn.Module, splits: Splits, regime: Regime, seed: in
     """Train ``net`` from scratch (:func:`train_standalone`) and return its top-1 on ``split`` ("test" or "val")."""
     train_standalone(net, splits, regime, seed)
     return accuracy_on(net, getattr(splits, split))
+
+
+def standalone_runs(build: Callable[[], nn.Module], splits: Splits, regime: Regime, seed: int,
+                    split: str = "test") -> list[float]:
+    """The regime's stand-alone measurement of one network: ``regime.repeats`` fresh copies from ``build()``,
+    trained with seeds ``seed · 1000 + k``; their accuracies on ``split`` (report their mean)."""
+    return [standalone_accuracy(build(), splits, regime, seed * 1000 + k, split) for k in range(regime.repeats)]
 
 
 class QualityData(LightningDataModule):

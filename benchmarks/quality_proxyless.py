@@ -1,0 +1,129 @@
+"""Search quality of ProxylessNAS: the found arch vs random archs of the same cost (±5 % MACs).
+
+Everything runs in the search-quality regime of :mod:`benchmarks.quality_common` (digits at 16 px, a small
+training set, stand-alone accuracy on the fixed test split as the mean of ``repeats`` training seeds).
+
+For each seed ``s``:
+
+1. ``ProxylessModule`` searches a small ``MobileNetSpace`` (MBConv k3/5/7 × e3/6, plus ``zero`` where a block has
+   a shortcut) with the official binary-gate two-path estimator and the official ``mul`` cost loss
+   ``CE · (log E[cost] / log T)^0.3``, the cost being **MACs** from the space's lookup tables (deterministic, the
+   same on every machine; a latency table measured on this shared CPU would drift with other users' load), the
+   target ``T`` at ``target_fraction`` of the space's MACs range; weights train on the regime's training split,
+   arch steps read its validation split; the answer is the argmax of the logits.
+2. ``random_per_seed`` uniformly random archs whose MACs lie within ±5 % of the found arch's are drawn (rejection
+   sampling with the seed's generator).
+3. The found arch and the random ones are trained stand-alone the same way (seeds derived from ``s``) and scored
+   on the test split; ``random_acc`` of a seed is the mean of its random archs.
+
+Paired statistics over seeds (``quality_common.paired_stats``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from benchmarks._spos_digits import quiet
+from benchmarks.common import Bench
+from benchmarks.quality_common import (
+    QualityData,
+    Regime,
+    Splits,
+    add_data_arguments,
+    load_splits,
+    quality_figures,
+    regime_from_args,
+    standalone_runs,
+)
+from lightning_nas.callbacks import PathSampling
+from lightning_nas.cost import cost_range, macs
+from lightning_nas.modules import ProxylessModule
+from lightning_nas.spaces import MobileNetSpace
+
+SPACE = {"width_mult": 0.25, "stage_depths": (1, 2, 2, 2, 1, 1), "head_channels": 160}
+"""A small ProxylessNAS space: 9 searchable blocks, 6 MBConv ops each plus ``zero`` on the 4 with a shortcut."""
+TOLERANCE = 0.05
+
+
+def make_space(splits: Splits) -> MobileNetSpace:
+    return MobileNetSpace(splits.num_classes, splits.input_size, **SPACE)
+
+
+def search(splits: Splits, regime: Regime, epochs: int, warmup: int, seed: int, fraction: float) -> dict:
+    """One ProxylessNAS search; returns the found arch and its MACs."""
+    quiet()
+    seed_everything(seed, verbose=False)
+    space = make_space(splits)
+    module = ProxylessModule(space, lr=0.05, warmup_lr=None, warmup_epochs=warmup, arch_lr=6e-3,
+                             latency_metric="macs", target_fraction=fraction, seed=seed, measure_latency=False)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                          limit_val_batches=0, default_root_dir=root, callbacks=[PathSampling(seed=seed)])
+        trainer.fit(module, datamodule=QualityData(splits, regime.batch_size, seed=seed))
+    arch = module.best_arch()
+    return {"arch": arch, "macs": macs(space, arch), "target": float(module.hparams.target_latency)}
+
+
+def same_cost_archs(space: MobileNetSpace, cost: float, n: int, seed: int, tries: int = 200_000) -> list[dict]:
+    """``n`` uniformly random archs with MACs within ±:data:`TOLERANCE` of ``cost`` (rejection sampling)."""
+    gen = torch.Generator().manual_seed(50_000 + seed)
+    out: list[dict] = []
+    for _ in range(tries):
+        arch = space.sample(gen)
+        if abs(macs(space, arch) - cost) <= TOLERANCE * cost:
+            out.append(arch)
+            if len(out) == n:
+                return out
+    raise RuntimeError(f"found only {len(out)} of {n} random archs within ±{TOLERANCE:.0%} of {cost:.4g} MACs "
+                       f"in {tries} draws")
+
+
+def mean_standalone(space: MobileNetSpace, arch: dict, splits: Splits, regime: Regime, seed: int) -> float:
+    return statistics.fmean(standalone_runs(lambda: space.export(arch), splits, regime, seed))
+
+
+def main(argv: list[str] | None = None) -> None:
+    bench = Bench("quality_proxyless", "ProxylessNAS search quality: the found arch vs uniformly random archs of the "
+                  "same MACs (±5%), trained stand-alone the same way, test accuracy paired over seeds.")
+    args = bench.parse(argv, extra=add_data_arguments)
+    regime = regime_from_args(args)
+    q = args.quick
+    if q:
+        regime = Regime(**{**regime.__dict__, "epochs": 2, "repeats": 2, "train_images": 100, "val_images": 100})
+    seeds = [0, 1] if q else [0, 1, 2, 3, 4]
+    epochs, warmup, n_random, fraction = (2, 1, 1, 0.5) if q else (60, 20, 2, 0.5)
+    splits = load_splits(regime)
+    space = make_space(splits)
+    lo, hi = cost_range(space, "macs")
+    bench.settings.update({"method": "ProxylessNAS", **regime.settings(), "space": f"MobileNetSpace {SPACE}",
+                           "cost": "MACs (lookup tables), target at target_fraction of the space's range",
+                           "target_fraction": fraction, "macs_range": [lo, hi], "random_per_seed": n_random,
+                           "search": f"{epochs} epochs ({warmup} warm-up), two-path binary gates, mul loss",
+                           "budget": f"search {epochs} epochs ({warmup} weight-only warm-up) on the training split; "
+                                     f"{n_random} random archs of equal MACs per seed"})
+    search_acc, random_acc, found_macs, found = [], [], [], []
+    for s in seeds:
+        result = search(splits, regime, epochs, warmup, s, fraction)
+        found.append(result["arch"])
+        found_macs.append(result["macs"])
+        search_acc.append(mean_standalone(space, result["arch"], splits, regime, s))
+        others = same_cost_archs(space, result["macs"], n_random, s)
+        random_acc.append(statistics.fmean(mean_standalone(space, a, splits, regime, s) for a in others))
+        print(f"seed {s}: found {search_acc[-1]:.4f} random {random_acc[-1]:.4f} at {result['macs']:.4g} MACs",
+              flush=True)
+    quality_figures(bench, seeds, search_acc, random_acc)
+    bench.figure("found_macs", found_macs)
+    bench.figure("target_macs", result["target"])
+    bench.figure("found_zero_ops", [sum(v == "zero" for v in a.values()) for a in found])
+    bench.note("search = the argmax arch of the learned logits; random = the mean of random_per_seed uniformly drawn "
+               "archs whose MACs are within ±5% of it; both trained stand-alone with the same seeds; test split.")
+    bench.emit()
+
+
+if __name__ == "__main__":
+    main()
