@@ -53,9 +53,46 @@ def _section(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+QUALITY_INTRO = """## Search quality
+
+Does each method find better networks than chance? Every `quality_<method>` benchmark compares the method's
+search with a random baseline at an equal budget, trains the chosen architectures stand-alone the same way,
+scores them on the test split (which never chooses anything) and pairs the two over seeds
+(`benchmarks/quality_common.py`: search − random in accuracy points, median over seeds; the 95 % t interval of
+the mean difference; a one-sided paired t-test). Goal: p < 0.05 for every method (and SPOS's Kendall τ ≥ 0.5)."""
+
+
+def _points(value: Any) -> str:
+    return f"{value:+.2f}" if isinstance(value, (int, float)) else "–"
+
+
+def quality_table(docs: list[dict[str, Any]]) -> list[str]:
+    """The "Search quality" section's table: one row per ``quality_*`` result (any method, same figures)."""
+    rows = [d for d in docs if d["name"].startswith("quality_")]
+    if not rows:
+        return []
+    lines = [QUALITY_INTRO, "", "| method | search − random (points) | 95 % CI | p | seeds | regime | budget | mode |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        f, s = d.get("figures", {}), d.get("settings", {})
+        ci = f.get("ci95")
+        ci_text = f"[{_points(ci[0])}, {_points(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "–"
+        p = f.get("p_value")
+        p_text = f"{p:.3g}" if isinstance(p, (int, float)) else "–"
+        if isinstance(p, (int, float)) and p < 0.05:
+            p_text = f"**{p_text}**"
+        method = s.get("method", d["name"].removeprefix("quality_"))
+        lines.append(f"| [{method}](#{d['name']}) | {_points(f.get('search_minus_random_points'))} | {ci_text} | "
+                     f"{p_text} | {len(f.get('seeds', []))} | {s.get('regime', '')} | {s.get('budget', '')} | "
+                     f"{'quick' if s.get('quick') else 'full'} |")
+    return lines + [""]
+
+
 def render(results: Path, out: Path) -> Path:
     docs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
-    lines = [HEADER]
+    # the search-quality results first: the table on top, then their details
+    docs.sort(key=lambda d: not d["name"].startswith("quality_"))
+    lines = [HEADER, *quality_table(docs)]
     if docs:
         m = docs[0]["machine"]
         lines += [f"Machine: {m.get('platform')}, processor {m.get('processor')}, {m.get('cpu_count')} CPUs, "

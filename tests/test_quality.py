@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
-from benchmarks.quality_common import Regime, load_splits, paired_stats, spread_and_noise
+from benchmarks.common import Bench
+from benchmarks.quality_common import Regime, load_splits, paired_stats, quality_figures, spread_and_noise
+from benchmarks.report import render
 
 
 def test_paired_stats_on_known_numbers() -> None:
@@ -47,3 +51,24 @@ def test_regime_splits_are_disjoint_and_fixed() -> None:
     assert not rows & {tuple(x.flatten().tolist()) for x in a.val[0]}
     with pytest.raises(ValueError, match="exceeds"):
         load_splits(Regime(train_images=1400, val_images=400))
+
+
+def test_report_puts_a_search_quality_row_per_method_on_top(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, method, search in (("quality_demo", "Demo", [0.81, 0.72, 0.93]), ("quality_other", None, [0.8] * 3)):
+        bench = Bench(name, "a quality benchmark")
+        bench.settings.update({"quick": False, "regime": "digits 16 px", "budget": "48 candidates"})
+        if method:
+            bench.settings["method"] = method
+        quality_figures(bench, [0, 1, 2], search, [0.80, 0.70, 0.90])
+        (results / f"{name}.json").write_text(json.dumps(bench.document()))
+    other = Bench("aaa_speed", "not a quality benchmark")
+    other.settings["quick"] = False
+    (results / "aaa_speed.json").write_text(json.dumps(other.document()))
+    page = render(results, tmp_path / "BENCHMARKS.md").read_text()
+    assert page.index("## Search quality") < page.index("## quality_demo") < page.index("## aaa_speed")
+    quality = page.split("## Search quality")[1].split("Machine:")[0]
+    row = "| [Demo](#quality_demo) | +2.00 | [-0.48, +4.48] | **0.0371** | 3 | digits 16 px | 48 candidates | full |"
+    assert row in quality and "| [other](#quality_other) | +0.00 | [-24.84, +24.84] | 0.5 |" in quality
+    assert "aaa_speed" not in quality
