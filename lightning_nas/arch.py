@@ -128,8 +128,9 @@ class RecordsSettings:
         return dict(self.__dict__.get("_settings", {}))
 
 
-# settings that do not change which archs a space holds or what they mean (the arch moves between data sets)
-TRANSFERABLE_SETTINGS = ("num_classes", "dropout")
+# settings that do not change which archs a space holds or the network an arch exports to: an arch moves between
+# data sets (num_classes), regularisation (dropout) and supernet weight layouts (DartsCellSpace's op_weights)
+TRANSFERABLE_SETTINGS = ("num_classes", "dropout", "op_weights")
 
 
 def space_identity(space: Any) -> dict[str, Any]:

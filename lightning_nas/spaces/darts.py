@@ -340,17 +340,6 @@ class DartsCellSpace(SearchSpace):
         self.features = nn.ModuleList(cells)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c_p, num_classes))
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The constructor settings an arch file records: all but ``op_weights``.
-
-        The weight layout changes neither the decisions nor the exported network of an arch, so an arch file
-        fits both layouts, and files written before ``op_weights`` existed (shared weights) still load.
-        """
-        settings = super().settings
-        settings.pop("op_weights", None)
-        return settings
-
     def forward_features(self, x: Tensor) -> Tensor:
         s0, s1 = self.stem(x)
         for cell in self.features:

@@ -124,7 +124,8 @@ def test_op_count_per_cell(op_weights, normal, reduce):
 def test_layouts_share_decisions_arch_files_and_exported_networks(tmp_path):
     per_edge, shared = tiny(), tiny(op_weights="shared")
     assert per_edge.decisions() == shared.decisions() and per_edge.fingerprint() != shared.fingerprint()
-    assert "op_weights" not in per_edge.settings and per_edge.settings == shared.settings
+    assert per_edge.settings["op_weights"] == "per_edge" and shared.settings["op_weights"] == "shared"
+    assert settings_differences(per_edge.settings, shared.settings) == {}  # the layout is not an arch setting
     arch = shared.sample(torch.Generator().manual_seed(2))
     path = save_arch(arch, tmp_path / "arch.json", shared)
     assert load_arch(path, per_edge) == arch
