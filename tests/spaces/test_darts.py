@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_nas import ArchError, load_arch, save_arch
+from lightning_nas.arch import settings_differences
 from lightning_nas.cost import cost_table, count_macs
 from lightning_nas.nn import Choice
 from lightning_nas.spaces.darts import OP_WEIGHTS, DartsCellSpace, DartsNetwork, OpBank
