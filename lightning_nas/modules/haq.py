@@ -26,6 +26,7 @@ episodes are sequential, so DDP would only repeat them (a clear error says so).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from itertools import islice
@@ -390,6 +391,15 @@ class HAQModule(LightningModule):
         self.episode += 1
         return {"reward": reward, "acc": acc, "cost_ratio": cost / self.full_cost, "best_acc": self.best["acc"],
                 "noise": self.agent.noise, "finetune_s": self.finetune_s, **losses}
+
+    @override
+    def on_train_start(self) -> None:
+        # max_epochs: -1 (the recipes: "stop after `episodes`") shows as "Epoch 1/-2" in the progress bars: give the
+        # fit loop the real count, the passes over the training loader that the remaining episodes take
+        loop, batches = self.trainer.fit_loop, self.trainer.num_training_batches
+        if loop.max_epochs == -1 and 0 < batches < float("inf"):
+            left = max(0, self.hparams.episodes - self.episode)
+            loop.max_epochs = self.current_epoch + max(1, math.ceil(left / int(batches)))
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:

@@ -264,3 +264,14 @@ def test_missing_files_and_untrained_guard(tmp_path: Path) -> None:
         load_network(network="resnet18")
     with pytest.raises(FileNotFoundError, match="policy.json.*recipes/haq/cifar10.yaml"):
         QuantizedNetwork(policy=str(tmp_path / "policy.json"), network="resnet18", allow_untrained=True)
+
+
+def test_progress_shows_the_epochs_the_episodes_take(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    bar = TQDMProgressBar()
+    trainer = _trainer(tmp_path, enable_progress_bar=True, callbacks=[bar])
+    trainer.fit(_module(episodes=7), datamodule=TinyDataModule(n_train=24, batch_size=8))  # 3 batches an epoch
+    assert trainer.num_training_batches == 3
+    assert trainer.max_epochs == 3  # 7 episodes over 3-batch epochs, not -1 ("Epoch 1/-2" in the bar)
+    assert trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.completed == 7
