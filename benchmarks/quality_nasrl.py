@@ -137,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         regime = replace(regime, epochs=min(regime.epochs, 2), repeats=1)
     splits = load_splits(regime)
     bench.settings.update(regime.settings())
-    bench.settings.update({"space": f"LayerTokenSpace({SPACE})", **cfg,
-                           "children_trained_per_seed": cfg["steps"] * cfg["children"] + cfg["last"]})
+    bench.settings.update({"method": "NAS-RL", "space": f"LayerTokenSpace({SPACE})", **cfg,
+                           "children_trained_per_seed": cfg["steps"] * cfg["children"] + cfg["last"],
+                           "budget": f"{cfg['steps']} controller steps x {cfg['children']} children, "
+                                     f"{cfg['child_epochs']} child epochs; best of the last {cfg['last']} vs best of "
+                                     f"{cfg['last']} random children"})
     seeds = [args.seed + i for i in range(cfg["seeds"])]
     runs = [one_seed(splits, regime, cfg, s) for s in seeds]
     quality_figures(bench, seeds, [r["search_acc"] for r in runs], [r["random_acc"] for r in runs])
