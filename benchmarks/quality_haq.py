@@ -97,10 +97,11 @@ def run_haq(net: nn.Module, splits: Splits, regime: Regime, budget: float, episo
     return haq
 
 
-def finetuned_test_acc(haq: HAQModule, policy: Policy, splits: Splits, regime: Regime, seeds: list[int]) -> float:
-    """The final fine-tune of ``policy`` (quantize, calibrate as an episode does, train), test top-1, mean over
-    ``seeds``."""
-    dm = QualityData(splits, regime.batch_size, seed=0)
+def finetuned_test_acc(haq: HAQModule, policy: Policy, splits: Splits, regime: Regime, search_seed: int,
+                       seeds: list[int]) -> float:
+    """The final fine-tune of ``policy`` (quantize, calibrate on the search's calibration batch, train), test top-1,
+    mean over ``seeds``."""
+    dm = QualityData(splits, regime.batch_size, seed=search_seed)  # the datamodule run_haq gave the search
     calib = list(dm.calibration_dataloader(num_batches=haq.hparams.calib_batches))
     out = []
     for seed in seeds:
@@ -125,7 +126,7 @@ def one_seed(splits: Splits, regime: Regime, ft: Regime, s: int, cfg: dict[str, 
     policies = {"search": [tuple(p) for p in haq.best["policy"]], "random": [tuple(p) for p in rnd.best["policy"]],
                 "uniform": uniform_policy(len(haq.layers), cfg["uniform_bits"])}
     seeds = [s * 1000 + k for k in range(ft.repeats)]
-    test = {k: finetuned_test_acc(haq, p, splits, ft, seeds) for k, p in policies.items()}
+    test = {k: finetuned_test_acc(haq, p, splits, ft, s, seeds) for k, p in policies.items()}
     test_batches = [splits.test]
     episode = {k: haq.evaluate(p, batches=test_batches)[0] for k, p in policies.items()}
     table = cost_lookup(haq.hardware, haq.layers, 8)
