@@ -395,11 +395,11 @@ class HAQModule(LightningModule):
     @override
     def on_train_start(self) -> None:
         # max_epochs: -1 (the recipes: "stop after `episodes`") shows as "Epoch 1/-2" in the progress bars: give the
-        # fit loop the real count, the passes over the training loader that the remaining episodes take
+        # fit loop the real count. Every training batch is one episode from the first epoch on (a resumed run
+        # continues the same count), so the episodes take ceil(episodes / batches) passes over the loader.
         loop, batches = self.trainer.fit_loop, self.trainer.num_training_batches
         if loop.max_epochs == -1 and 0 < batches < float("inf"):
-            left = max(0, self.hparams.episodes - self.episode)
-            loop.max_epochs = self.current_epoch + max(1, math.ceil(left / int(batches)))
+            loop.max_epochs = max(self.current_epoch + 1, math.ceil(self.hparams.episodes / int(batches)))
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
