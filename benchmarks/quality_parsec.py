@@ -103,6 +103,19 @@ def prior_movement(module: PARSECModule) -> dict[str, float]:
             "max_top_probability": max(top)}
 
 
+def supernet_view(module: PARSECModule, probe: DartsCellSpace, n: int, seed: int) -> dict[str, float]:
+    """The search's own objective on held-out images: the supernet's validation accuracy (batch-statistics BN, as
+    the prior steps score) of ``n`` coupled prior and uniform draws; and the prior's mean probability per op."""
+    prior, uniform = coupled_archs(probe.decisions(), list(module.prior_logits), n,
+                                   torch.Generator().manual_seed(30_000 + seed))
+    out = {"inherited_val_acc.prior": statistics.fmean(module.score_archs(prior)),
+           "inherited_val_acc.uniform": statistics.fmean(module.score_archs(uniform))}
+    ops = [p for name, p in module.arch_probabilities().items() if ".op" in name]
+    for op in probe.ops:
+        out[f"op_probability.{op}"] = statistics.fmean(p[op] for p in ops)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     bench = Bench("quality_parsec", "PARSEC search quality: archs drawn from the learned prior vs archs drawn "
                   "uniformly (coupled draws), trained stand-alone the same way, test accuracy paired over seeds.")
@@ -128,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     search_acc, random_acc, moved, differ = [], [], [], []
     for s in seeds:
         module = search(splits, regime, SPACE, epochs, s, prior_lr)
-        moved.append(prior_movement(module))
+        moved.append(prior_movement(module) | supernet_view(module, probe, 20, s))
         prior, uniform = coupled_archs(probe.decisions(), list(module.prior_logits), n_archs,
                                        torch.Generator().manual_seed(20_000 + s))
         differ.append(statistics.fmean(sum(a[k] != b[k] for k in a) / len(a) for a, b in zip(prior, uniform)))
@@ -137,10 +150,10 @@ def main(argv: list[str] | None = None) -> None:
               for i, a in enumerate(uniform)]
         search_acc.append(statistics.fmean(pa))
         random_acc.append(statistics.fmean(ua))
-        print(f"seed {s}: prior {search_acc[-1]:.4f} uniform {random_acc[-1]:.4f}; prior {moved[-1]}", flush=True)
+        print(f"seed {s}: prior {search_acc[-1]:.4f} uniform {random_acc[-1]:.4f}; {moved[-1]}", flush=True)
     quality_figures(bench, seeds, search_acc, random_acc)
     for key in moved[0]:
-        bench.figure(f"prior_{key}", [m[key] for m in moved])
+        bench.figure(key if "." in key else f"prior_{key}", [m[key] for m in moved])
     bench.figure("pair_decisions_differ_fraction", differ)
     if not args.no_default_check:  # the same search of seed 0 with the module's own prior_lr: how far it moves
         for key, value in prior_movement(search(splits, regime, SPACE, epochs, seeds[0], None)).items():
@@ -149,7 +162,10 @@ def main(argv: list[str] | None = None) -> None:
                "uniformly, pair i from the same uniform variates (inverse CDF per decision); both trained stand-alone "
                "with the same seeds; test split. prior_entropy_over_uniform: the prior's entropy / the uniform "
                "prior's (1 = unmoved); prior_mean_top_probability: mean over decisions of the most probable value's "
-               "probability (uniform: 1/7 for ops, 1/2-1/5 for inputs).")
+               "probability (uniform: 1/7 for ops, 1/2-1/5 for inputs). inherited_val_acc.*: the search's own "
+               "objective, the supernet's accuracy on the validation split (batch-statistics BN) of 20 coupled prior "
+               "and uniform draws per seed; op_probability.*: the prior's mean probability of each op over the op "
+               "decisions (uniform 1/7).")
     bench.note(f"prior_lr: PARSECModule's default prior optimiser is DARTS' architecture Adam (lr "
                f"{DEFAULT_PRIOR_LR:g}) made for DARTS' {DARTS_ARCH_STEPS} architecture steps; this run has {steps}, "
                f"in which Adam moves a logit by at most about lr per step, i.e. {DEFAULT_PRIOR_LR * steps:.2g} at "
