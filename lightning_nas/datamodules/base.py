@@ -231,6 +231,8 @@ class VisionDataModule(LightningDataModule):
         self._train_source: Dataset | None = None
         self._test_source: Dataset | None = None
         self._calibration: dict[tuple[int, int | None], DataLoader] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_resume: dict[str, Any] | None = None
 
     @property
     def dims(self) -> tuple[int, int, int]:
@@ -354,7 +356,23 @@ class VisionDataModule(LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochSampler(self.train_dataset, num_replicas=world, rank=rank, seed=run_seed(self.seed),
                                drop_last=self.drop_last)
-        return self._loader(self.train_dataset, drop_last=self.drop_last, sampler=sampler)
+        loader = self._loader(self.train_dataset, drop_last=self.drop_last, sampler=sampler)
+        if self._train_resume is not None:
+            loader.load_state_dict(self._train_resume)
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position and RNG (see :class:`ResumableDataLoader`), saved in checkpoints.
+
+        Saved here as well as by Lightning's fit loop: the fit loop skips restoring its loaders when the module's
+        ``configure_optimizers`` read ``trainer.estimated_stepping_batches`` (which builds them early).
+        """
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Hand the saved position to the training loaders made from now on (they apply it at the saved epoch)."""
+        self._train_resume = state_dict.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
         """Batches of the held-out part of the training set (what searches score on)."""

@@ -2,11 +2,12 @@
 
 The order of the samples is a function of ``(seed, epoch, rank)`` and each sample's augmentation a function of
 ``(seed, epoch, index)``, never of the process's RNG history: a run resumed from a checkpoint sees the same
-batches, augmented the same way, as the run that wrote it. The loader implements ``state_dict`` /
-``load_state_dict``, which Lightning saves with the fit loop and restores before the resumed epoch starts
-(its documented interface for resumable loaders): the epoch, the batches already consumed in it (skipped on
-resume, without loading them) and the process's torch RNG state (what dropout and other module randomness
-read next), so the steps after a checkpoint are the steps the uninterrupted run took.
+batches, augmented the same way, as the run that wrote it. At the start of each epoch the loader also seeds the
+process's torch RNG from ``(seed, epoch, rank)``, so what the training steps draw from it (dropout) is a function
+of the run's position too. Mid-epoch, the loader's ``state_dict`` / ``load_state_dict`` (Lightning saves it with
+the fit loop and restores it before a resumed epoch: its documented interface for resumable loaders) carry the
+epoch, the batches already consumed (skipped on resume, without loading them) and the torch RNG state, so the steps
+after a checkpoint are the steps the uninterrupted run took.
 """
 
 from __future__ import annotations
@@ -75,23 +76,28 @@ class ResumableDataLoader(DataLoader):
         self._resume: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        epoch = int(getattr(self.sampler, "epoch", 0))
+        return self._epoch_batches()
+
+    def _epoch_batches(self) -> Iterator[Any]:
+        # a generator: this runs at the first batch, after Lightning set the sampler's epoch (on a resume it
+        # creates the iterator before that)
+        epoch, seed, rank = int(getattr(self.sampler, "epoch", 0)), int(getattr(self.sampler, "seed", 0)), self._rank()
         self._epoch, self._yielded = epoch, 0
         resume, self._resume = self._resume, None
         if resume is not None and int(resume["epoch"]) == epoch and hasattr(self.sampler, "skip"):
             self._yielded = int(resume["batches"])
             self.sampler.skip = self._yielded * int(self.batch_size or 1)
+            _set_rng(resume)
+        else:  # a new epoch: the module's randomness (dropout) restarts from (seed, epoch, rank), not from history
+            torch.manual_seed(sample_seed(seed, epoch, -(1 << 20) - rank))
         if self.generator is not None:
-            self.generator.manual_seed(sample_seed(int(getattr(self.sampler, "seed", 0)), epoch, -1 - self._rank()))
-        return self._count(super().__iter__())
+            self.generator.manual_seed(sample_seed(seed, epoch, -1 - rank))
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
 
     def _rank(self) -> int:
         return int(getattr(self.sampler, "rank", 0))
-
-    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
-        for batch in batches:
-            self._yielded += 1
-            yield batch
 
     def state_dict(self) -> dict[str, Any]:
         """Where the epoch stands and the RNG the next training step reads (tensors and ints only)."""
@@ -101,10 +107,14 @@ class ResumableDataLoader(DataLoader):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume at the saved batch of the saved epoch; restore the RNG state (called just before the epoch)."""
-        self._resume = {"epoch": state_dict.get("epoch", -1), "batches": state_dict.get("batches", 0)}
-        if state_dict.get("rng") is not None:
-            torch.set_rng_state(state_dict["rng"])
-        cuda = state_dict.get("cuda_rng")
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+        """Resume at the saved batch of the saved epoch, with the saved RNG state (applied at its first batch)."""
+        self._resume = {"epoch": state_dict.get("epoch", -1), "batches": state_dict.get("batches", 0),
+                        "rng": state_dict.get("rng"), "cuda_rng": state_dict.get("cuda_rng")}
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    if state.get("rng") is not None:
+        torch.set_rng_state(state["rng"])
+    cuda = state.get("cuda_rng")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
