@@ -11,21 +11,46 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lightning_nas.checkpoints import (
+    LIGHTNING_CKPT_KEYWORDS,
+    check_checkpoint,
+    check_checkpoint_class,
+    load_checkpoint_safely,
+)
 from lightning_nas.errors import find_user_error
+from lightning_nas.search.interrupt import SearchInterrupted
 
 LINKED_FROM_DATA = ("num_classes", "input_size")
 
 
 class NASTrainer(Trainer):
-    """A ``Trainer`` with a ``search`` entry point."""
+    """A ``Trainer`` with a ``search`` entry point, whose ``fit`` never ends with a search silently skipped."""
+
+    def fit(self, model: LightningModule, *args: Any, **kwargs: Any) -> None:
+        """``Trainer.fit``, then the search, if the fit trained nothing (its checkpoint had finished training).
+
+        A fit resumed from such a checkpoint runs no training hooks, so the search callbacks, which run at the end
+        of training, would never run; here they run as ``search`` would, on the restored weights and search state.
+        """
+        searchers = [cb for cb in self.callbacks if hasattr(cb, "search_pending")]
+        for cb in searchers:
+            cb.finish_pending_after_fit = True
+        super().fit(model, *args, **kwargs)
+        if any(cb.search_pending for cb in searchers) and self.state.status == TrainerStatus.FINISHED:
+            rank_zero_info(f"The checkpoint {self.ckpt_path} had finished training; running its search now (as "
+                           f"`lightning-nas search --ckpt_path {self.ckpt_path}` would).")
+            self.search(model, datamodule=self.datamodule)
 
     def search(self, model: LightningModule | None = None, dataloaders: Any = None,
                datamodule: LightningDataModule | None = None, ckpt_path: str | None = None,
@@ -95,10 +120,67 @@ class LightningNASCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="Run the test split with the final weights after fit and print its accuracy.")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check ``--ckpt_path`` as a file before LightningCLI reads its hyper-parameters into the config.
+
+        LightningCLI loads the checkpoint right after parsing and replaces the model's settings by the ones it
+        records (its class included), so a missing, unreadable or foreign file is refused here, in one line.
+        """
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if not path or (str(path) in LIGHTNING_CKPT_KEYWORDS and not Path(path).exists()):
+            return
+        ckpt = load_checkpoint_safely(path)
+        model_path = getattr(self.config[sub].get("model"), "class_path", None)
+        if model_path:
+            check_checkpoint_class(ckpt, _import(model_path), f"--ckpt_path {str(path)!r}")
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         # "never typed twice": the data set decides the number of classes and the input size
         _link_into(cfg.get("model"), _data_attributes(cfg.get("data")))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with a DDP strategy that tolerates unused parameters for a single-path module."""
+        trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        strategy = trainer_cfg.get("strategy", "auto")
+        chosen = tolerant_strategy(self.model, strategy, trainer_cfg.get("devices", "auto"),
+                                   trainer_cfg.get("num_nodes", 1), trainer_cfg.get("accelerator", "auto"))
+        if chosen != strategy:
+            rank_zero_info(f"{type(self.model).__name__} leaves the candidates off its path without gradients: "
+                           f"strategy {chosen} (was {strategy}).")
+            kwargs["strategy"] = chosen
+        return super().instantiate_trainer(**kwargs)
+
+    def check_inputs(self) -> None:
+        """Check data files, ``--ckpt_path``, constraints and latency tables before anything is written.
+
+        Each check lives with what it checks: the datamodule's ``check_data()``, :func:`check_checkpoint`, and the
+        callbacks' (and module's) ``check_before_run(module)``.
+        """
+        cfg = self.config_init[self.subcommand]
+        check = getattr(self.datamodule, "check_data", None)
+        if callable(check):
+            check()
+        if cfg.get("ckpt_path"):
+            check_checkpoint(cfg["ckpt_path"], self.model)
+        for owner in [self.model, *self.trainer.callbacks]:
+            check = getattr(owner, "check_before_run", None)
+            if callable(check):
+                check(self.model)
+
+    def before_fit(self) -> None:
+        self.check_inputs()
+
+    def before_validate(self) -> None:
+        self.check_inputs()
+
+    def before_test(self) -> None:
+        self.check_inputs()
+
+    def before_search(self) -> None:
+        self.check_inputs()
 
     def after_fit(self) -> None:
         cfg = self.config[self.subcommand]
@@ -106,6 +188,43 @@ class LightningNASCLI(LightningCLI):
             return
         if is_overridden("test_step", self.model):
             self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+DDP_TOLERANT = {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+                "ddp_fork": "ddp_fork_find_unused_parameters_true",
+                "ddp_notebook": "ddp_notebook_find_unused_parameters_true"}
+
+
+def _device_count(devices: Any, accelerator: Any) -> int:
+    """How many devices a ``devices`` setting asks for (1 when it cannot tell)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        import torch
+
+        gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return torch.cuda.device_count() if gpu else (1 if text == "auto" else os.cpu_count() or 1)
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.lstrip("-").isdigit() else 1
+
+
+def tolerant_strategy(model: Any, strategy: Any, devices: Any = "auto", num_nodes: Any = 1,
+                      accelerator: Any = "auto") -> Any:
+    """The strategy to use for ``model``: a DDP one that finds unused parameters when the module needs it.
+
+    A module that sets ``needs_find_unused_parameters`` (the single-path methods: SPOS, ProxylessNAS, PARSEC) leaves
+    the candidates off its path without gradients; plain DDP fails on them. ``auto`` on several devices or nodes
+    becomes ``ddp_find_unused_parameters_true``, and ``ddp``/``ddp_spawn``/``ddp_fork``/``ddp_notebook`` their
+    ``*_find_unused_parameters_true`` forms; any other choice (an instance, another name) is kept.
+    """
+    if not getattr(model, "needs_find_unused_parameters", False) or not isinstance(strategy, str):
+        return strategy
+    if strategy == "auto":
+        several = _device_count(devices, accelerator) > 1 or int(num_nodes or 1) > 1
+        return DDP_TOLERANT["ddp"] if several else strategy
+    return DDP_TOLERANT.get(strategy, strategy)
 
 
 def _default_wandb_offline() -> None:
@@ -145,6 +264,11 @@ def main() -> None:
     try:
         # LightningCLI reads sys.argv itself when args is None (passing it again triggers its args warning)
         cli_main(None if sys.argv[1:] else ["--help"])
+    except SearchInterrupted as stop:
+        print(f"lightning-nas: {stop.message}", file=sys.stderr)
+        if stop.checkpoint:
+            print(f"lightning-nas: resume: {resume_command(sys.argv, stop.checkpoint)}", file=sys.stderr)
+        raise SystemExit(stop.code) from None
     except Exception as err:
         found = find_user_error(err)
         if found is None:
@@ -153,7 +277,21 @@ def main() -> None:
         raise SystemExit(2) from None
 
 
-__all__ = ["LightningNASCLI", "NASTrainer", "cli_main", "main", "space_from_config"]
+def resume_command(argv: list[str], ckpt: str) -> str:
+    """``argv`` as a ``lightning-nas`` command, its ``--ckpt_path`` replaced by ``ckpt``."""
+    args, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            args.append(arg)
+    return " ".join(["lightning-nas", *(shlex.quote(a) for a in args), "--ckpt_path", shlex.quote(ckpt)])
+
+
+__all__ = ["LightningNASCLI", "NASTrainer", "cli_main", "main", "resume_command", "space_from_config",
+           "tolerant_strategy"]
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_nas.cli import cli_main
 
@@ -151,3 +154,136 @@ def test_offline_wandb_run_leaves_its_run_folder(tmp_path: Path) -> None:
     assert runs, f"no offline W&B run folder under {tmp_path}"
     assert list(runs[0].glob("*.wandb")), "the offline run folder holds no run data"
     assert "test/acc" in done.stdout + done.stderr
+
+
+# --- every bad input is refused before a run folder, config, logger run or checkpoint exists --------------------
+
+def _spos_checkpoint(path: Path, model_class: str, width_mult: float = 0.25) -> Path:
+    """A checkpoint as a CLI fit writes it (weights, hyper-parameters with the class path, the space's fingerprint)."""
+    from lightning_nas.modules import SPOSModule
+    from lightning_nas.spaces import ShuffleNetSpace
+
+    space = ShuffleNetSpace(num_classes=10, input_size=32, width_mult=width_mult, stage_depths=[1, 1, 2, 1],
+                            head_channels=256, dropout=0.0)
+    module = SPOSModule(space)
+    ckpt: dict = {"state_dict": module.state_dict(), "hyper_parameters": {"_class_path": model_class}}
+    module.on_save_checkpoint(ckpt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+def _truncated_cifar(root: Path) -> Path:
+    from tests.helpers.fake_data import write_fake_cifar10
+
+    data = write_fake_cifar10(root, n_train=20, n_test=4)
+    batch = data / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    return data
+
+
+def _other_space_table(path: Path) -> Path:
+    from lightning_nas.cost import LatencyTable
+    from lightning_nas.spaces import ShuffleNetSpace
+
+    other = ShuffleNetSpace(num_classes=10, input_size=32, width_mult=0.5, stage_depths=[1, 1, 2, 1], head_channels=256)
+    meta = {"format": 1, "space": other.space_name, "fingerprint": other.fingerprint(), "input_size": 32,
+            "batch_size": 1, "device": "cpu"}
+    return LatencyTable(meta, 1.0, []).save(path)
+
+
+CLASSIFICATION = "lightning_nas.modules.ClassificationModule"
+BAD_INPUTS = {
+    # case -> (recipe, extra args made in tmp_path, the start of the line users see)
+    "truncated CIFAR batch": ("spos/cifar10.yaml", lambda t: [f"--data.init_args.data_dir={_truncated_cifar(t / 'c')}",
+                                                              "--trainer.accelerator=cpu", "--trainer.devices=1"],
+                              r"CIFAR10DataModule: '.*data_batch_3' is not a cifar10 batch file \(UnpicklingError: "
+                              r"pickle data was truncated\): it is truncated or of another data set\. Fix: delete"),
+    "missing --ckpt_path": ("quickstart.yaml", lambda t: ["--ckpt_path=nope.ckpt"],
+                            r"--ckpt_path 'nope.ckpt' does not exist"),
+    "random bytes as --ckpt_path": ("quickstart.yaml", lambda t: [f"--ckpt_path={_junk(t / 'given' / 'x.ckpt')}"],
+                                    r"--ckpt_path '.*x.ckpt' is not a PyTorch checkpoint \(it starts with bytes "),
+    "checkpoint of another model": (
+        "quickstart.yaml",
+        lambda t: [f"--ckpt_path={_spos_checkpoint(t / 'given' / 'c.ckpt', CLASSIFICATION)}"],
+        r"--ckpt_path '.*c.ckpt' is a checkpoint of ClassificationModule \(lightning_nas.modules."
+        r"ClassificationModule\), but this recipe's model is SPOSModule"),
+    "checkpoint of another space": (
+        "quickstart.yaml",
+        lambda t: [f"--ckpt_path={_spos_checkpoint(t / 'given' / 's.ckpt', 'lightning_nas.modules.SPOSModule', 0.5)}"],
+        r"--ckpt_path '.*s.ckpt': checkpoint was saved from space ShuffleNetSpace \(fingerprint \w+\), but this "
+        r"model's space is ShuffleNetSpace \(fingerprint \w+\)"),
+    "impossible constraint": ("quickstart.yaml", lambda t: ["--trainer.callbacks.init_args.constraints=[{metric: macs, "
+                                                            "max: 10}]"],
+                              r"No arch of ShuffleNetSpace meets constraint 'macs_le_10'"),
+    "latency table of another space": (
+        "quickstart.yaml",
+        lambda t: [f"--trainer.callbacks.init_args.latency_table={_other_space_table(t / 'l.json')}"],
+        r"latency table .*l.json was measured for another setting: fingerprint"),
+}
+
+
+def _junk(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(range(256)) * 4)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_before_anything_is_written(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    recipe, make_args, expected = BAD_INPUTS[case]
+    monkeypatch.chdir(tmp_path)
+    lines = _console(["fit", "--config", str(ROOT / "recipes" / recipe), *make_args(tmp_path)], monkeypatch, capsys)
+    assert re.match(r"lightning-nas: error: " + expected, lines[-1]), lines[-1]
+    assert "weights_only=False" not in lines[-1] and "weights_only` set to `False" not in lines[-1]
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.rglob("config.yaml"))
+    assert not list(tmp_path.rglob("wandb")) and not [p for p in tmp_path.rglob("*.ckpt") if "given" not in p.parts]
+
+
+# --- DDP from a single-path recipe ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "launcher"), [
+    (["--trainer.devices=2"], "_SubprocessScriptLauncher"),
+    (["--trainer.devices=2", "--trainer.strategy=ddp_spawn"], "_MultiProcessingLauncher")])
+def test_devices_picks_a_strategy_that_tolerates_unused_candidates(args: list[str], launcher: str) -> None:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    cli = cli_main(["--config", QUICKSTART, "--trainer.logger=false", *args], run=False)
+    assert isinstance(cli.trainer.strategy, DDPStrategy) and cli.trainer.num_devices == 2
+    assert cli.trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True
+    assert type(cli.trainer.strategy.launcher).__name__ == launcher  # ddp re-runs the command, ddp_spawn spawns
+    one = cli_main(["--config", QUICKSTART, "--trainer.logger=false"], run=False)
+    assert type(one.trainer.strategy).__name__ == "SingleDeviceStrategy"  # one device: no DDP at all
+
+
+class RanksAgree(Callback):
+    """Inside each spawned rank: the same weights on both ranks after training, and the same search answer."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        weights = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        gathered = pl_module.all_gather(weights)
+        assert trainer.world_size == 2 and torch.equal(gathered[0], gathered[1]), "ranks trained different weights"
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        search = trainer.callbacks[-2]
+        Path(trainer.default_root_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(search.best))
+
+
+QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
+         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.callbacks.init_args.population=4",
+         "--trainer.callbacks.init_args.topk=2", "--trainer.callbacks.init_args.mutations=1",
+         "--trainer.callbacks.init_args.crossovers=1", "--trainer.callbacks.init_args.generations=2",
+         "--trainer.callbacks.init_args.calib_images=64", "--trainer.callbacks.init_args.test_best=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quickstart_on_two_cpu_ranks(tmp_path: Path) -> None:
+    cli_main(["fit", "--config", QUICKSTART, *QUICK, f"--trainer.default_root_dir={tmp_path}", "--trainer.devices=2",
+              "--trainer.strategy=ddp_spawn", "--trainer.callbacks+=tests.test_cli.RanksAgree"])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0], "the ranks' searches disagree"
+    assert json.loads((tmp_path / "best_arch.json").read_text())["arch"] == next(iter(ranks[0].values()))["arch"]

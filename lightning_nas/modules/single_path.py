@@ -3,8 +3,9 @@ held-out batches their architecture steps read."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
@@ -22,6 +23,9 @@ class FixedPathValidation:
 
     space: Any
     _train_arch: Arch | None = None
+    needs_find_unused_parameters: ClassVar[bool] = True
+    """Candidates off the active path get no gradient: under DDP the CLI picks a ``*_find_unused_parameters_true``
+    strategy for such a module when the recipe leaves the choice to it."""
 
     def validation_arch(self) -> Arch:
         raise NotImplementedError
@@ -61,8 +65,10 @@ class HeldOutBatches:
             return loader  # a custom batch sampler: used as given
         sampler = DistributedSampler(loader.dataset, num_replicas=module.trainer.world_size,
                                      rank=module.trainer.global_rank, shuffle=True, seed=self.seed)
+        # an own generator: a new pass never draws from the global RNG (which the training steps read)
         return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def next(self, module: LightningModule) -> Any:
         if self._loader is None:

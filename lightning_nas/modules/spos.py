@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from lightning_nas.arch import Arch
 from lightning_nas.callbacks.path_sampling import step_generator
+from lightning_nas.errors import PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
 from lightning_nas.modules.single_path import FixedPathValidation
 from lightning_nas.spaces.base import SearchSpace
@@ -100,11 +101,11 @@ def check_space_checkpoint(space: SearchSpace, checkpoint: dict[str, Any]) -> No
     """Refuse a checkpoint of another space before any weights are loaded.
 
     Raises:
-        ValueError: naming both spaces.
+        PrerequisiteError: naming both spaces (a ``ValueError``).
     """
     saved = checkpoint.get("space")
-    if saved and saved.get("fingerprint") != space.fingerprint():
-        raise ValueError(
+    if saved and saved.get("fingerprint") is not None and saved.get("fingerprint") != space.fingerprint():
+        raise PrerequisiteError(
             f"checkpoint was saved from space {saved.get('name')} (fingerprint {saved.get('fingerprint')}), but "
             f"this model's space is {space.space_name} (fingerprint {space.fingerprint()}); load it with the same "
             "space settings (recipe) it was trained with."
