@@ -92,7 +92,8 @@ class EvolutionSearch(Callback):
     ``search_history.jsonl``, ``search_topk.md``, ``search_pareto.png``; the best archs are copied to
     ``<output_dir>`` (the latest answer, where ``recipes/retrain.yaml`` looks), beside ``search_state.json`` (the
     resume point, rewritten after every generation); the same go to the loggers. The summary is printed when the
-    trainer tears down, after the progress bars, so it is the last thing on screen.
+    trainer tears down, after the progress bars listed before this callback (the recipes list it last), so it is
+    the last thing on screen.
 
     Progress counts candidates (scored / total). On SIGTERM (Lightning's handler) or the first Ctrl+C the search
     stops after the candidate being scored, saves ``search_state.json`` and ``search_interrupted.ckpt`` and raises
