@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from lightning_nas.arch import Arch
 from lightning_nas.callbacks.protocols import require_space
+from lightning_nas.errors import ConfigError
 
 _MASK = (1 << 63) - 1
 
@@ -63,20 +64,25 @@ class PathSampling(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.check_before_run(pl_module)
+
+    def check_before_run(self, pl_module: LightningModule) -> None:
+        """Check the module's space, and in ``constrained`` mode the latency table and the cost bins, before any
+        work (the CLI calls it before anything is written; ``setup()`` too)."""
         space = require_space(pl_module, "PathSampling")
-        if self.mode == "constrained":
+        if self.mode == "constrained" and self._table is None:
             from lightning_nas.cost import LatencyTable, cost_range
 
             if self.metric == "latency_ms":
                 if self.latency_table is None:
-                    raise ValueError("PathSampling(metric='latency_ms') needs latency_table=<table.json>")
+                    raise ConfigError("PathSampling(metric='latency_ms') needs latency_table=<table.json>")
                 self._table = LatencyTable.load(self.latency_table)
                 self._table.check(space)
             lo, hi = cost_range(space, self.metric, self._table)
             self.cost_min = lo if self.cost_min is None else self.cost_min
             self.cost_max = hi if self.cost_max is None else self.cost_max
             if not (self.cost_min < self.cost_max and self.cost_max >= lo and self.cost_min <= hi):
-                raise ValueError(
+                raise ConfigError(
                     f"PathSampling cost bins [{self.cost_min}, {self.cost_max}] {self.metric} miss the space's "
                     f"range [{lo}, {hi}]; pick cost_min/cost_max inside it."
                 )
