@@ -8,7 +8,7 @@ Per seed ``s`` (the regime of ``benchmarks.quality_common``: digits at 16 px, it
    on a small ``InstaNASSpace`` (``SPACE``), ``pretrain`` epochs of drop-path pre-training, then ``search``
    epochs of controller and meta-graph epochs in turn; no fine-tuning inside the module. The option latency
    table is timed once (batch 1, one thread) and shared by every seed.
-2. **Three fine-tunes of the same searched meta-graph**, each ``finetune`` epochs by the same loop (the
+2. **Four fine-tunes of the same searched meta-graph**, each ``finetune`` epochs by the same loop (the
    module's fine-tuning optimiser: SGD ``finetune_lr`` cosine to 0, momentum, conv/linear weight decay, masked
    execution), differing only in the policy each input gets:
 
@@ -16,6 +16,9 @@ Per seed ``s`` (the regime of ``benchmarks.quality_common``: digits at 16 px, it
      inference run);
    - ``random``: each option of each cell on with probability ``q``, drawn afresh per input, where ``q`` makes
      the expected table latency equal the controller's mean latency on the validation split;
+   - ``marginal`` (a second, stronger baseline): each option on with the frequency the controller's greedy
+     policy turns it on over the validation split, drawn afresh per input: the controller's static preferences
+     without its per-input choice;
    - ``mbv2``: the MobileNetV2 path (option 0, MBConv 3×3 e6, in every cell; the space's ``L_mbv2``).
 3. **Test**: each fine-tuned meta-graph scored on the test split with its own policies (random: fresh draws
    from a seeded generator), grouped execution, eval mode; latency = the table's mean over the test inputs.
@@ -61,7 +64,7 @@ from lightning_nas.spaces.instanas import InstaNASSpace, OptionLatency
 
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 2, 2), (6, 96, 1, 1))
 SPACE = {"width_mult": 0.25, "head_channels": 128, "stages": STAGES}
-FULL = {"seeds": 5, "pretrain": 16, "search": 16, "finetune": 6}
+FULL = {"seeds": 5, "pretrain": 40, "search": 40, "finetune": 15}
 QUICK = {"seeds": 3, "pretrain": 1, "search": 2, "finetune": 1, "train_images": 64, "val_images": 64}
 Policy = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -144,25 +147,29 @@ def score(space: InstaNASSpace, policy: Policy, data: DataLoader, table: OptionL
     return correct / len(data.dataset), float(torch.cat(latency).mean())
 
 
-def policies(module: InstaNASModule, q: float) -> dict[str, Policy]:
-    shape = (module.space.num_cells, module.space.num_options)
+def policies(module: InstaNASModule, q: float, marginals: Tensor) -> dict[str, Policy]:
+    """The four policies compared: the controller's, uniform random at density ``q``, random with the controller's
+    per-(cell, option) frequencies ``marginals``, and the MobileNetV2 path."""
+    shape = tuple(marginals.shape)
     mbv2 = torch.zeros(shape)
     mbv2[:, 0] = 1.0
 
-    def random(x: Tensor, gen: torch.Generator) -> Tensor:
-        return (torch.rand(len(x), *shape, generator=gen) < q).float()
+    def bernoulli(probs: Tensor) -> Policy:
+        return lambda x, gen: (torch.rand(len(x), *shape, generator=gen) < probs).float()
 
-    return {"search": lambda x, gen: module.policy(x), "random": random,
-            "mbv2": lambda x, gen: mbv2.expand(len(x), *shape)}
+    return {"search": lambda x, gen: module.policy(x), "random": bernoulli(torch.full(shape, q)),
+            "marginal": bernoulli(marginals), "mbv2": lambda x, gen: mbv2.expand(len(x), *shape)}
 
 
 def one_seed(splits: Splits, batch_size: int, cfg: dict[str, Any], seed: int, cache: Path) -> dict[str, Any]:
     module = search(splits, batch_size, cfg, seed, cache)
     table, data = module.latency, QualityData(splits, 200)
-    _, search_val_ms = score(module.space, policies(module, 0.0)["search"], data.val_dataloader(), table, seed)
+    with torch.no_grad():  # the controller's greedy policies on the validation split: latency and frequencies
+        val_policy = torch.cat([module.policy(x) for x, _ in data.val_dataloader()])
+    search_val_ms = float(table.of(val_policy).mean())
     q = matching_density(table, search_val_ms)
     out: dict[str, Any] = {"density": q, "search_val_latency_ms": search_val_ms}
-    for name, policy in policies(module, q).items():
+    for name, policy in policies(module, q, val_policy.mean(0)).items():
         execution = "grouped" if name == "mbv2" else module.hparams.train_execution  # one path: the same numbers
         space = finetune(copy.deepcopy(module.space), policy, splits, module.hparams, cfg["finetune"], batch_size,
                          seed, execution)
@@ -206,8 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     bench.figure("search_minus_mbv2_points", mbv2["search_minus_random_points"])
     bench.figure("search_minus_mbv2_ci95", mbv2["ci95"])
     bench.figure("search_minus_mbv2_p_value", mbv2["p_value"])
-    for key in ("search_latency_ms", "random_latency_ms", "mbv2_latency_ms", "search_val_latency_ms", "density",
-                "search_options_on_per_cell", "search_distinct_policies"):
+    marginal = paired_stats([r["search_acc"] for r in runs], [r["marginal_acc"] for r in runs])
+    bench.figure("marginal_acc", [r["marginal_acc"] for r in runs])
+    bench.figure("search_minus_marginal_points", marginal["search_minus_random_points"])
+    bench.figure("search_minus_marginal_ci95", marginal["ci95"])
+    bench.figure("search_minus_marginal_p_value", marginal["p_value"])
+    for key in ("search_latency_ms", "random_latency_ms", "marginal_latency_ms", "mbv2_latency_ms",
+                "search_val_latency_ms", "density", "search_options_on_per_cell", "search_distinct_policies"):
         bench.figure(key, [r[key] for r in runs])
     bench.figure("search_latency_over_mbv2", statistics.median(r["search_latency_ms"] / r["mbv2_latency_ms"]
                                                                for r in runs))
@@ -215,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
                f"({cfg['finetune']} epochs) on its own policies; test accuracy with grouped execution in eval mode. "
                "Latencies are the table's (per option at batch 1, one thread, summed), mean over test inputs.")
     bench.note("random: every option on with probability `density`, chosen so that the expected table latency "
-               "equals the controller's mean latency on the validation split.")
+               "equals the controller's mean latency on the validation split. marginal: each option on with the "
+               "frequency the controller's greedy policy turns it on over the validation split (its static preferences "
+               "without the per-input choice), drawn afresh per input.")
     bench.emit()
 
 
