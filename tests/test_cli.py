@@ -236,6 +236,7 @@ def test_bad_input_is_one_line_before_anything_is_written(case: str, tmp_path: P
 
     recipe, make_args, expected = BAD_INPUTS[case]
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # a W&B run would leave its folder: there must be none
     lines = _console(["fit", "--config", str(ROOT / "recipes" / recipe), *make_args(tmp_path)], monkeypatch, capsys)
     assert re.match(r"lightning-nas: error: " + expected, lines[-1]), lines[-1]
     assert "weights_only=False" not in lines[-1] and "weights_only` set to `False" not in lines[-1]
@@ -268,12 +269,14 @@ class RanksAgree(Callback):
         assert trainer.world_size == 2 and torch.equal(gathered[0], gathered[1]), "ranks trained different weights"
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        search = trainer.callbacks[-2]
+        from lightning_nas.callbacks import EvolutionSearch
+
+        search = next(cb for cb in trainer.callbacks if isinstance(cb, EvolutionSearch))
         Path(trainer.default_root_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(search.best))
 
 
 QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
-         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.callbacks.init_args.population=4",
+         "--trainer.logger=false", "--trainer.callbacks.init_args.population=4",
          "--trainer.callbacks.init_args.topk=2", "--trainer.callbacks.init_args.mutations=1",
          "--trainer.callbacks.init_args.crossovers=1", "--trainer.callbacks.init_args.generations=2",
          "--trainer.callbacks.init_args.calib_images=64", "--trainer.callbacks.init_args.test_best=false"]
