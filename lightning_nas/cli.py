@@ -48,8 +48,8 @@ class NASTrainer(Trainer):
             cb.finish_pending_after_fit = True
         super().fit(model, *args, **kwargs)
         if any(cb.search_pending for cb in searchers) and self.state.status == TrainerStatus.FINISHED:
-            rank_zero_info(f"The checkpoint {self.ckpt_path} had finished training; running its search now (as "
-                           f"`lightning-nas search --ckpt_path {self.ckpt_path}` would).")
+            rank_zero_info(f"The checkpoint {self.ckpt_path} had finished training; running its unfinished search "
+                           "now (as `lightning-nas search` with the same recipe and --ckpt_path would).")
             self.search(model, datamodule=self.datamodule)
 
     def search(self, model: LightningModule | None = None, dataloaders: Any = None,
