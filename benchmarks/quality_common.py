@@ -42,6 +42,7 @@ user who has it (32 px, no upsampling, no added noise by default); the figures o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,10 @@ class Regime:
     weight_decay: float = 5e-4
     split_seed: int = 42
     repeats: int = 3
+
+    def smoke(self, repeats: int = 1, images: int = 64) -> Regime:
+        """The same regime shrunk for ``--quick``: 2 stand-alone epochs, ``images`` train and val images."""
+        return dataclasses.replace(self, epochs=2, repeats=repeats, train_images=images, val_images=images)
 
     def describe(self) -> str:
         """One line for the page's table."""

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     regime = regime_from_args(args)
     q = args.quick
     if q:
-        regime = Regime(**{**regime.__dict__, "epochs": 2, "repeats": 1, "train_images": 64, "val_images": 64})
+        regime = regime.smoke()
     seeds = [0, 1] if q else list(range(args.seeds))
     cfg = {"episodes": 4 if q else args.episodes, "warmup": 2 if q else 20, "uniform_bits": args.uniform_bits}
     ft = replace(regime, epochs=1 if q else args.finetune_epochs, lr=args.finetune_lr)

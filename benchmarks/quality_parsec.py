@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     regime = regime_from_args(args)
     q = args.quick
     if q:
-        regime = Regime(**{**regime.__dict__, "epochs": 2, "repeats": 1, "train_images": 64, "val_images": 64})
+        regime = regime.smoke()
     seeds = [0, 1] if q else list(range(args.seeds))
     epochs = args.search_epochs or (1 if q else 60)
     n_archs = 1 if q else args.archs

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     regime = regime_from_args(args)
     q = args.quick
     if q:
-        regime = Regime(**{**regime.__dict__, "epochs": 2, "repeats": 2, "train_images": 100, "val_images": 100})
+        regime = regime.smoke(repeats=2, images=100)
     seeds = [0, 1] if q else [0, 1, 2, 3, 4]
     epochs, warmup, n_random, fraction = (2, 1, 1, 0.5) if q else (200, 100, 2, 0.5)
     splits = load_splits(regime)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     regime = regime_from_args(args)
     q = args.quick
     if q:
-        regime = Regime(**{**regime.__dict__, "epochs": 2, "repeats": 2, "train_images": 100, "val_images": 100})
+        regime = regime.smoke(repeats=2, images=100)
     n_archs, seeds = (4, [0, 1]) if q else (24, [0, 1, 2, 3, 4])
     sup_epochs, sup_lr, calib_images = (2, 0.1, 64) if q else (200, 0.1, 256)
     population, generations = (4, 2) if q else (8, 6)
