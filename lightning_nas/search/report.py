@@ -26,7 +26,8 @@ class SearchProgress:
     def __init__(self, config: EvolutionConfig, runs: list[EvolutionState], quiet: bool) -> None:
         self.config, self.runs = config, runs
         self.bar = tqdm(total=config.generations * config.population * len(runs), desc="EvolutionSearch",
-                        initial=sum(r.generation for r in runs) * config.population, unit="cand", disable=quiet)
+                        initial=sum(r.generation for r in runs) * config.population, unit="cand", disable=quiet,
+                        mininterval=0)  # redraw per candidate: each takes far longer than a redraw
 
     def update(self, n: int) -> None:
         """``n`` more candidates scored (or found scored in a resumed state)."""

@@ -118,17 +118,7 @@ def test_a_resumed_fit_finishes_a_search_that_was_cut_short(tmp_path: Path, monk
     assert plain.search_pending and not plain.best
 
 
-def test_progress_counts_candidates_within_a_generation(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
-
-    original = EvolutionSearch.score_arch
-
-    def slow(self: EvolutionSearch, *args: Any) -> float:
-        time.sleep(0.15)  # slower than the bar's refresh interval, as real candidates are
-        return original(self, *args)
-
-    monkeypatch.setattr(EvolutionSearch, "score_arch", slow)
+def test_progress_counts_candidates_within_a_generation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fit(tmp_path, EvolutionSearch(**SMALL, output_dir=str(tmp_path)), enable_progress_bar=True)
     err = capsys.readouterr().err
     total = SMALL["population"] * SMALL["generations"]
