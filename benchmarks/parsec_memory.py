@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.common import Bench, interleaved, ratios, saved_activation_bytes, spread
-from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.modules.parsec import PARSECModule, frozen_bn_statistics, sample_indices
+from lightning_nas.seeding import step_generator
 from lightning_nas.spaces import DartsCellSpace
 from lightning_nas.spaces.darts import CELL_TYPES, OP_WEIGHTS, SearchCell, edge_key
 from lightning_nas.spaces.darts_ops import DARTS_OPS

@@ -13,13 +13,7 @@ from typing_extensions import override
 from lightning_nas.arch import Arch
 from lightning_nas.callbacks.protocols import require_space
 from lightning_nas.errors import ConfigError
-
-_MASK = (1 << 63) - 1
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A generator seeded by ``(seed, step)``: every rank draws the same numbers without talking."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 17) & _MASK)
+from lightning_nas.seeding import step_generator
 
 
 class PathSampling(Callback):

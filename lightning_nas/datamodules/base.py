@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 
 from lightning_nas.datamodules.resumable import EpochSampler, ResumableDataLoader, run_seed
 from lightning_nas.errors import ConfigError, MissingFileError
+from lightning_nas.seeding import mix_seed
 
 Transform = Callable[[Any], Any]
 
@@ -141,7 +142,7 @@ class TransformedSubset(Dataset):
         if self.transform is None:
             return image, int(label)
         if seed is None and self.aug_seed is not None:
-            seed = self.aug_seed * 1_000_003 + index
+            seed = mix_seed(self.aug_seed, index)
         if seed is None:
             return self.transform(image), int(label)
         # The default CPU generator is what the transforms draw from; seeding it directly is far

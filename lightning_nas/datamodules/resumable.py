@@ -19,20 +19,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_nas.seeding import mix_seed
+
 __all__ = ["EpochSampler", "ResumableDataLoader", "sample_seed"]
-
-_MASK = (1 << 63) - 1
-
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of sample ``index`` in ``epoch``: the same on every rank, worker and run."""
-    return (seed * 1_000_003 + epoch * 7_919_099 + index * 104_729 + 31) & _MASK
+    return mix_seed(seed, epoch, index)
 
 
 def run_seed(seed: int) -> int:
     """``seed`` mixed with the run's ``seed_everything`` seed (``PL_GLOBAL_SEED``), so that one still varies runs."""
     global_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    return (seed * 999_983 + global_seed) & _MASK
+    return mix_seed(seed, global_seed)
 
 
 class EpochSampler(DistributedSampler):

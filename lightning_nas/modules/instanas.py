@@ -52,7 +52,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_nas.callbacks.alternating_epochs import AlternatingEpochs
-from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.controllers.instanas_policy import (
     ENTROPIES,
     InstaNASPolicy,
@@ -66,6 +65,7 @@ from lightning_nas.controllers.instanas_policy import (
 from lightning_nas.modules.instanas_report import ValidationRecord, write_report
 from lightning_nas.modules.optim import split_decay
 from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.seeding import step_generator
 from lightning_nas.spaces.instanas import EXECUTIONS, InstaNASSpace, OptionLatency
 
 

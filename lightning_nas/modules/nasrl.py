@@ -32,8 +32,8 @@ from typing_extensions import override
 
 from lightning_nas.arch import Arch
 from lightning_nas.callbacks.controller_update import ControllerUpdate
-from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.controllers.lstm import LSTMController
+from lightning_nas.seeding import mix_seed, step_generator
 
 __all__ = ["NASRLModule"]
 
@@ -225,7 +225,7 @@ class NASRLModule(LightningModule):
         epochs, train_limit, val_limit = self._limits()
         cfg, text = self.child_config, self.space.task == "text"
         data = self._child_data
-        seed = (self.hparams.seed * 1_000_003 + step * 7_919 + index * 104_729) & ((1 << 63) - 1)
+        seed = mix_seed(self.hparams.seed, step, index)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)

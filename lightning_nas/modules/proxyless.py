@@ -43,12 +43,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
-from lightning_nas.callbacks.path_sampling import PathSampling, step_generator
+from lightning_nas.callbacks.path_sampling import PathSampling
 from lightning_nas.errors import PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay
 from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
 from lightning_nas.modules.spos import check_space_checkpoint
 from lightning_nas.search.output import publish_arch, run_folder
+from lightning_nas.seeding import step_generator
 from lightning_nas.spaces.base import SearchSpace
 from lightning_nas.strategies.binary_gates import (
     ZERO,

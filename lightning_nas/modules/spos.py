@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
-from lightning_nas.callbacks.path_sampling import step_generator
 from lightning_nas.errors import PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
 from lightning_nas.modules.single_path import FixedPathValidation
+from lightning_nas.seeding import step_generator
 from lightning_nas.spaces.base import SearchSpace
 from lightning_nas.strategies.binary_gates import inactive_parameters
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lightning_nas.arch import Arch
+from lightning_nas.seeding import seeded_generator
 
 __all__ = [
     "EvolutionConfig",
@@ -86,7 +87,7 @@ def top_k(history: Sequence[Record], k: int) -> list[Record]:
 
 def generation_generator(seed: int, run: int, generation: int) -> torch.Generator:
     """The generator of one generation: a function of ``(seed, run, generation)`` only."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + run * 10_007 + generation) % (2**63))
+    return seeded_generator(seed, run, generation)
 
 
 @dataclass
