@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from lightning_nas.callbacks.protocols import missing_members
+from lightning_nas.search.report import live_wandb_run, plot_probabilities
 
 __all__ = ["ArchLogger", "HasArchProbabilities", "mean_entropy"]
 
@@ -28,31 +29,6 @@ def mean_entropy(probs: Probabilities) -> float:
     """The entropy (nats) of each decision's distribution, averaged over the decisions."""
     entropies = [-sum(p * math.log(p) for p in d.values() if p > 0) for d in probs.values()]
     return sum(entropies) / max(1, len(entropies))
-
-
-def plot_probabilities(probs: Probabilities, path: Path, title: str = "") -> Path:
-    """A heatmap, one row per decision, one column per value (values in order of first appearance)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    columns = list(dict.fromkeys(str(v) for d in probs.values() for v in d))
-    grid = np.full((len(probs), len(columns)), np.nan)
-    for row, d in enumerate(probs.values()):
-        for value, p in d.items():
-            grid[row, columns.index(str(value))] = p
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.0 + 0.3 * len(probs)))
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
-    ax.set_yticks(range(len(probs)), list(probs))
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="probability")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
 
 
 class ArchLogger(Callback):
@@ -107,7 +83,7 @@ class ArchLogger(Callback):
             return
         self.last_files = self._write(probs, trainer.current_epoch, folder)
         for logger in trainer.loggers:
-            run = _live_wandb_run(logger)
+            run = live_wandb_run(logger)
             if run is not None:
                 self._log_wandb(run, probs, self.last_files[0], trainer.global_step)
 
@@ -129,14 +105,3 @@ class ArchLogger(Callback):
         image = wandb.Image(str(png))
         run.log({"arch/probabilities": table, "arch/probabilities_map": image, "trainer/global_step": step})
 
-
-def _live_wandb_run(logger: Any) -> Any:
-    """The logger's wandb run, or ``None`` unless it is a ``WandbLogger`` whose run is not disabled."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if not isinstance(logger, WandbLogger):
-        return None
-    run = logger.experiment
-    if run is None or getattr(run, "disabled", False) or type(run).__name__ == "RunDisabled":
-        return None
-    return run

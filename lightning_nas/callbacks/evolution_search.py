@@ -10,10 +10,7 @@ keyed by arch means no arch is scored twice, and each constraint's answer is the
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,20 +31,26 @@ from lightning_nas.search.evaluate import (
     accuracy,
     collect_batches,
     collect_inputs,
+    gather_scores,
     recalibrate_bn,
     restore_buffers,
-    restore_modes,
-    save_buffers,
-    save_modes,
+    supernet_preserved,
 )
 from lightning_nas.search.evolution import EvolutionConfig, EvolutionState, Record, arch_key, evolve, top_k
-from lightning_nas.search.interrupt import SearchInterrupted, StopRequests
-from lightning_nas.search.report import SearchProgress, write_report
+from lightning_nas.search.interrupt import (
+    STATE_FILE,
+    StopRequested,
+    StopRequests,
+    read_state,
+    resume_point,
+    save_and_interrupt,
+    write_state,
+)
+from lightning_nas.search.report import SearchProgress, SearchResult, plot_axis_cost, plot_metric, write_report
 from lightning_nas.spaces.base import SearchSpace
 
 __all__ = ["EvolutionSearch", "SearchableModule"]
 
-STATE_FILE = "search_state.json"
 STATE_FORMAT = 1
 
 
@@ -55,12 +58,6 @@ STATE_FORMAT = 1
 class _SearchData:
     calib: list[Tensor]
     val: list[tuple[Tensor, Tensor]]
-
-
-class _Stop(Exception):
-    def __init__(self, signal_name: str) -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
 
 
 class EvolutionSearch(Callback):
@@ -87,13 +84,13 @@ class EvolutionSearch(Callback):
         test_best: after the search, score each best arch on the datamodule's test split (reported and saved in
             its arch JSON; the search itself never sees the test split).
 
-    Outputs (rank 0, in the run's own ``<output_dir>/evolution-<time>/``, kept in ``run_dir``): ``best_arch.json``
-    (``best_arch_<constraint>.json`` with several constraints, and ``best_arch.json`` = the first constraint's),
-    ``search_history.jsonl``, ``search_topk.md``, ``search_pareto.png``; the best archs are copied to
-    ``<output_dir>`` (the latest answer, where ``recipes/retrain.yaml`` looks), beside ``search_state.json`` (the
-    resume point, rewritten after every generation); the same go to the loggers. The summary is printed when the
-    trainer tears down, after the progress bars listed before this callback (the recipes list it last), so it is
-    the last thing on screen.
+    Outputs (rank 0): :func:`lightning_nas.search.report.write_report` writes ``result`` (a
+    :class:`~lightning_nas.search.report.SearchResult`) into the run's own ``<output_dir>/evolution-<time>/`` (kept
+    in ``run_dir``): ``best_arch.json`` (``best_arch_<constraint>.json`` with several constraints), the history,
+    the top-k table and the Pareto plot; the best archs are copied to ``<output_dir>`` (the latest answer, where
+    ``recipes/retrain.yaml`` looks), beside ``search_state.json`` (the resume point, rewritten after every
+    generation); the same go to the loggers. The summary is printed when the trainer tears down, after the progress
+    bars listed before this callback (the recipes list it last), so it is the last thing on screen.
 
     Progress counts candidates (scored / total). On SIGTERM (Lightning's handler) or the first Ctrl+C the search
     stops after the candidate being scored, saves ``search_state.json`` and ``search_interrupted.ckpt`` and raises
@@ -130,6 +127,7 @@ class EvolutionSearch(Callback):
         self.run_dir: Path | None = None
         self.history: list[Record] = []
         self.best: dict[str, Record] = {}
+        self.result: SearchResult | None = None
         self._runs: list[EvolutionState] = []
         self._cache: dict[str, float] = {}
         self._settings: dict[str, Any] = {}
@@ -147,16 +145,6 @@ class EvolutionSearch(Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(strategy=self.strategy, constraints=[c.name for c in self.constraints])
-
-    @property
-    def runs(self) -> list[EvolutionState]:
-        """One evolution per constraint (read by the report)."""
-        return self._runs
-
-    @property
-    def plot_metric(self) -> str:
-        """The cost on the Pareto plot's x axis."""
-        return "latency_ms" if any(c.metric == "latency_ms" for c in self.constraints) else "macs"
 
     @property
     def search_pending(self) -> bool:
@@ -258,16 +246,23 @@ class EvolutionSearch(Callback):
         progress = SearchProgress(config, self._runs, quiet)
         stop = StopRequests("EvolutionSearch")
         try:
-            with stop.catching_sigint(), self._preserved(pl_module):
+            with stop.catching_sigint(), supernet_preserved(pl_module, space) as self._buffers:
                 self._evolve_all(trainer, pl_module, config, out_dir, progress, stop)
                 self._select_best()
                 self.test_scores = self._test_best(trainer, pl_module) if self.test_best and not minimal else {}
-        except _Stop as halt:
+        except StopRequested as halt:
             progress.close()
-            raise self._interrupted(trainer, out_dir, halt.signal_name) from None
+            raise save_and_interrupt("EvolutionSearch", trainer, out_dir, halt.signal_name, len(self._cache),
+                                     self.state_dict()) from None
+        finally:
+            self._buffers, self._data = {}, None  # the batches and trained buffers are let go
         progress.close()
+        self.result = SearchResult(self.strategy, tuple(self.constraints), tuple(r.name for r in self._runs),
+                                   tuple(self.history), dict(self.best), config.topk, plot_metric(self.constraints),
+                                   dict(self.test_scores))
         if trainer.is_global_zero:
-            self._summary = write_report(self, trainer, space, out_dir)
+            report = write_report(self.result, trainer, space, out_dir)
+            self.run_dir, self._summary = report.run_dir, report.lines
         return self.best
 
     def _evolve_all(self, trainer: Trainer, pl_module: LightningModule, config: EvolutionConfig,
@@ -280,31 +275,13 @@ class EvolutionSearch(Callback):
             self._snapshot = [r.state_dict() for r in self._runs]
             progress.generation_done(run)
             if out_dir is not None and trainer.is_global_zero:
-                _write_json(out_dir / STATE_FILE, self.state_dict())
+                write_state(out_dir / STATE_FILE, self.state_dict())
 
         for i, run in enumerate(self._runs):
             c = self.constraints[i] if self.constraints else None
             legal = (lambda a, c=c: c.satisfied(costs(a))) if c is not None else (lambda a: True)
             evolve(decisions, config, score, is_legal=legal, costs=costs, seed=self.seed, run=i, state=run,
                    on_generation=saved)
-
-    def _interrupted(self, trainer: Trainer, out_dir: Path | None, signal_name: str) -> SearchInterrupted:
-        """Save the state (the state file and a checkpoint, on every rank together) and say how to resume."""
-        scored = len(self._cache)
-        if out_dir is None:
-            return SearchInterrupted(signal_name, f"EvolutionSearch stopped by {signal_name} after {scored} "
-                                                  "candidates (fast_dev_run: nothing saved).")
-        if trainer.is_global_zero:
-            _write_json(out_dir / STATE_FILE, self.state_dict())
-        ckpt = out_dir / "search_interrupted.ckpt"
-        trainer.save_checkpoint(ckpt)  # trained weights (restored) + this search's state: resumable anywhere
-        command = "lightning-nas search" if trainer.state.fn == TrainerFn.VALIDATING else "lightning-nas fit"
-        return SearchInterrupted(
-            signal_name,
-            f"EvolutionSearch stopped by {signal_name} after {scored} scored candidates; its state is saved in "
-            f"{out_dir / STATE_FILE} and {ckpt}. Resume: rerun the same `{command}` command with --ckpt_path {ckpt}",
-            checkpoint=str(ckpt),
-        )
 
     def score_arch(self, trainer: Trainer, pl_module: LightningModule, arch: Arch) -> float:
         """Score one arch: re-calibrate BatchNorm on the calibration batches, then top-1 on the validation batches.
@@ -329,12 +306,10 @@ class EvolutionSearch(Callback):
 
     def _resume(self, trainer: Trainer, out_dir: Path | None) -> None:
         """Continue from the checkpointed or saved state with the same settings, if any (rank 0 decides)."""
-        candidates = [self._loaded] if self._loaded is not None else []
-        if out_dir is not None and trainer.is_global_zero and (out_dir / STATE_FILE).is_file():
-            candidates.append(json.loads((out_dir / STATE_FILE).read_text()))
-        matching = [s for s in candidates if s.get("settings") == self._settings] if trainer.is_global_zero else []
-        state = max(matching, key=lambda s: (sum(r.get("generation", 0) for r in s["runs"]), len(s.get("cache", {}))),
-                    default=None)
+        state = None
+        if trainer.is_global_zero:
+            saved = read_state(out_dir / STATE_FILE) if out_dir is not None else None
+            state = resume_point([self._loaded, saved], self._settings)
         state = trainer.strategy.broadcast(state, src=0)  # every rank must resume from the same point
         self._runs = [EvolutionState(name=c.name) for c in self.constraints] or [EvolutionState()]
         self._cache = {}
@@ -346,14 +321,9 @@ class EvolutionSearch(Callback):
 
     def _cost_fn(self, space: SearchSpace) -> Callable[[Arch], dict[str, float]]:
         fns = {c.metric: _constraints.cost_function(space, c.metric, self._latency) for c in self.constraints}
-        plot = self.plot_metric
-        if plot not in fns:
-            try:  # only for the plot's axis: a space without cost tables still gets searched
-                fn = _constraints.cost_function(space, plot, self._latency)
-                fn(space.sample(torch.Generator().manual_seed(0)))
-                fns[plot] = fn
-            except (ImportError, ValueError, AttributeError, NotImplementedError) as err:
-                rank_zero_warn(f"EvolutionSearch: no {plot} cost for {space.space_name} ({err}); plotting by index.")
+        plot = plot_metric(self.constraints)
+        if plot not in fns and (fn := plot_axis_cost(space, plot, self._latency)) is not None:
+            fns[plot] = fn  # only for the plot's axis
         memo: dict[str, dict[str, float]] = {}
 
         def costs(arch: Arch) -> dict[str, float]:
@@ -374,11 +344,10 @@ class EvolutionSearch(Callback):
             for start in range(0, len(todo), world):  # one candidate per rank per round, then a stop check
                 chunk = todo[start:start + world]
                 local = [self.score_arch(trainer, pl_module, a) for _, a in chunk[rank:rank + 1]]
-                for (k, _), s in zip(chunk, _gather(trainer, local, len(chunk), pl_module.device)):
+                for (k, _), s in zip(chunk, gather_scores(trainer, local, len(chunk), pl_module.device)):
                     self._cache[k] = s
                 progress.update(len(chunk))
-                if stop.agreed(trainer):
-                    raise _Stop(stop.requested(trainer) or "SIGTERM")
+                stop.check(trainer)
             return [self._cache[k] for k in keys]
 
         return score
@@ -395,21 +364,6 @@ class EvolutionSearch(Callback):
             convert = trainer.precision_plugin.convert_input  # e.g. bf16-true: inputs in the weights' dtype
             self._data = _SearchData([convert(x) for x in inputs], [(convert(x), y) for x, y in val])
         return self._data
-
-    @contextlib.contextmanager
-    def _preserved(self, pl_module: LightningModule) -> Iterator[None]:
-        """Give back the supernet as it was: trained buffers, active arch, train/eval modes."""
-        space: SearchSpace = pl_module.space  # type: ignore[attr-defined]
-        modes, previous = save_modes(pl_module), space.active_arch
-        self._buffers = save_buffers(space)
-        try:
-            yield
-        finally:
-            restore_buffers(space, self._buffers)
-            restore_modes(pl_module, modes)
-            if previous is not None:
-                space.activate(previous, validate=False)
-            self._buffers, self._data = {}, None
 
     def _test_best(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Top-1 of each best arch on the test split (after the search; the search never sees it)."""
@@ -434,25 +388,4 @@ class EvolutionSearch(Callback):
             legal = [r for r in self.history if c is None or c.satisfied(r["costs"])]
             if legal:
                 self.best[run.name] = top_k(legal, 1)[0]
-
-
-def _gather(trainer: Trainer, local: list[float], total: int, device: torch.device) -> list[float]:
-    """All ranks' scores in candidate order (rank r scored candidates r, r + W, ...)."""
-    world = trainer.world_size
-    if world == 1 or total == 0:
-        return local
-    width = -(-total // world)
-    padded = torch.full((width,), float("nan"), dtype=torch.float64, device=device)
-    padded[: len(local)] = torch.tensor(local, dtype=torch.float64)
-    # all_gather (not a CatMetric): the per-rank order must survive so every rank builds the same history
-    gathered = trainer.strategy.all_gather(padded).reshape(world, width).cpu()
-    return [float(gathered[i % world, i // world]) for i in range(total)]
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)  # atomic: a search killed while writing keeps the previous resume point
-
 

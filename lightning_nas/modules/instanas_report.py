@@ -1,6 +1,7 @@
 """What ``InstaNASModule`` reports at the end of fit: per-sample latency, correctness and policy of a
 validation pass (``ValidationRecord``, merged over ranks), and ``write_report``'s files: the
-accuracy-vs-latency summary, the latency and option-usage plots, and the easiest and hardest inputs.
+accuracy-vs-latency summary, the latency and option-usage plots, and the easiest and hardest inputs (drawn
+without pyplot, see :mod:`lightning_nas.search.report`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from lightning_nas.search.report import live_wandb_run, new_figure, save_figure
 from lightning_nas.spaces.instanas import OptionLatency
 
 __all__ = ["ValidationRecord", "write_report"]
@@ -107,37 +109,31 @@ def write_report(folder: Path, record: ValidationRecord, table: OptionLatency, o
 
 def _plots(folder: Path, latency: Tensor, usage: Tensor, options: list[str], m: dict[str, Tensor],
            mbv2_ms: float) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     files = [folder / "instanas_latency_hist.png", folder / "instanas_option_usage.png",
              folder / "instanas_easy_hard.png"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = new_figure(6, 3.5)
+    ax = fig.add_subplot()
     ax.hist(latency.numpy(), bins=30)
     ax.axvline(mbv2_ms, color="k", linestyle="--", label="MobileNetV2 path")
     ax.set(xlabel="latency per input (ms, table)", ylabel="inputs", title="chosen sub-networks")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(files[0], dpi=80)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4, 6))
+    save_figure(fig, files[0], dpi=80)
+    fig = new_figure(4, 6)
+    ax = fig.add_subplot()
     im = ax.imshow(usage.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
     ax.set(xticks=range(len(options)), yticks=range(len(usage)), xlabel="option", ylabel="cell",
            title="option usage")
     ax.set_xticklabels(options, rotation=45)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(files[1], dpi=80)
-    plt.close(fig)
-    _grid(plt, files[2], m)
+    save_figure(fig, files[1], dpi=80)
+    _grid(files[2], m)
     return files
 
 
-def _grid(plt: Any, path: Path, m: dict[str, Tensor]) -> None:
+def _grid(path: Path, m: dict[str, Tensor]) -> None:
     k = max(len(m["easy"]), 1)
-    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.8), squeeze=False)
+    fig = new_figure(1.6 * k, 3.8)
+    axes = fig.subplots(2, k, squeeze=False)
     for row, side in enumerate(("easy", "hard")):
         for j in range(k):
             ax = axes[row][j]
@@ -147,15 +143,11 @@ def _grid(plt: Any, path: Path, m: dict[str, Tensor]) -> None:
                 lo, hi = img.amin((1, 2), keepdim=True), img.amax((1, 2), keepdim=True)
                 ax.imshow(((img - lo) / (hi - lo + 1e-8)).permute(1, 2, 0).clamp(0, 1).numpy())
                 ax.set_title(f"{side} {float(m[f'{side}_ms'][j]):.2f} ms", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def _log_wandb(logger: Any, latency: Tensor, usage: Tensor, files: list[Path], summary: dict[str, Any]) -> None:
-    from lightning_nas.callbacks.arch_logger import _live_wandb_run
-
-    run = _live_wandb_run(logger)
+    run = live_wandb_run(logger)
     if run is None:
         return
     import wandb

@@ -19,11 +19,13 @@ __all__ = [
     "accuracy",
     "collect_batches",
     "collect_inputs",
+    "gather_scores",
     "recalibrate_bn",
     "restore_buffers",
     "restore_modes",
     "save_buffers",
     "save_modes",
+    "supernet_preserved",
 ]
 
 Forward = Callable[[Tensor], Tensor]
@@ -101,6 +103,28 @@ def restore_buffers(model: nn.Module, saved: dict[str, Tensor]) -> None:
 
 
 @contextlib.contextmanager
+def supernet_preserved(module: nn.Module, space: Any) -> Iterator[dict[str, Tensor]]:
+    """Give back the supernet as it was: its buffers, its active arch and every submodule's train/eval mode.
+
+    Args:
+        module: the module holding ``space`` (its modes are saved and restored).
+        space: the supernet, a ``SearchSpace`` (its buffers and ``active_arch``).
+
+    Yields:
+        The saved buffers (e.g. the trained BatchNorm statistics each candidate restarts from).
+    """
+    modes, previous = save_modes(module), space.active_arch
+    buffers = save_buffers(space)
+    try:
+        yield buffers
+    finally:
+        restore_buffers(space, buffers)
+        restore_modes(module, modes)
+        if previous is not None:
+            space.activate(previous, validate=False)
+
+
+@contextlib.contextmanager
 def _bn_cumulative(model: nn.Module) -> Iterator[list[_BN]]:
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     momenta = [m.momentum for m in bns]
@@ -151,3 +175,19 @@ def accuracy(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], forward
     finally:
         restore_modes(model, modes)
     return float(correct) / max(total, 1)
+
+
+def gather_scores(trainer: Any, local: list[float], total: int, device: torch.device) -> list[float]:
+    """All ranks' scores in candidate order, when rank ``r`` scored candidates ``r, r + W, ...`` of ``total``.
+
+    ``trainer`` gives ``world_size`` and ``strategy.all_gather`` (a Lightning ``Trainer``).
+    """
+    world = trainer.world_size
+    if world == 1 or total == 0:
+        return local
+    width = -(-total // world)
+    padded = torch.full((width,), float("nan"), dtype=torch.float64, device=device)
+    padded[: len(local)] = torch.tensor(local, dtype=torch.float64)
+    # all_gather (not a CatMetric): the per-rank order must survive so every rank builds the same history
+    gathered = trainer.strategy.all_gather(padded).reshape(world, width).cpu()
+    return [float(gathered[i % world, i // world]) for i in range(total)]

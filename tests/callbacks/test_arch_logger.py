@@ -63,7 +63,7 @@ def test_wandb_run_gets_table_and_image(tmp_path, monkeypatch):
         def log(self, data: dict[str, Any]) -> None:
             logged.append(data)
 
-    monkeypatch.setattr(arch_logger, "_live_wandb_run", lambda logger: FakeRun())
+    monkeypatch.setattr(arch_logger, "live_wandb_run", lambda logger: FakeRun())
     _fit(tmp_path, ProbModule(), ArchLogger(), CSVLogger(tmp_path))
     import wandb
 
@@ -73,5 +73,14 @@ def test_wandb_run_gets_table_and_image(tmp_path, monkeypatch):
     assert len(logged[0]["arch/probabilities"].data) == 4
 
 
-def test_only_live_wandb_runs_count():
-    assert arch_logger._live_wandb_run(CSVLogger("unused")) is None
+def test_logging_a_heatmap_leaves_the_process_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's choice, which ArchLogger must keep
+    try:
+        _fit(tmp_path, ProbModule(), ArchLogger())
+        assert (tmp_path / "arch_probs_epoch1.png").stat().st_size > 1000
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
