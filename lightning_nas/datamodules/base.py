@@ -11,6 +11,10 @@ of its untransformed train and test data sets. The base turns those into the loa
 - ``test_dataloader`` / ``predict_dataloader``: the official test (or val) split;
 - ``calibration_dataloader``: a fixed sequence of augmented training batches for
   BatchNorm re-calibration, identical on every call.
+
+With ``on_device=True`` (data sets that set ``supports_on_device``: CIFAR-10/100, Tiny ImageNet) the training
+loader instead holds the training part on the training device as one ``uint8`` tensor and augments there a
+batch at a time (:mod:`lightning_nas.datamodules.on_device`), with the same order, sharding and resume.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
+from lightning_nas.datamodules.on_device import BatchAugment, DeviceImages, as_batch
 from lightning_nas.datamodules.resumable import EpochSampler, ResumableDataLoader, run_seed
 from lightning_nas.errors import ConfigError, MissingFileError
 from lightning_nas.seeding import mix_seed
@@ -156,6 +161,20 @@ class TransformedSubset(Dataset):
             generator.set_state(state)
 
 
+class ToImageSize:
+    """A ``uint8`` ``(C, H, W)`` tensor of ``size`` × ``size`` from a PIL image, array or tensor (resize the short
+    side, centre-crop, as the eval transforms do; a no-op for images of that size already)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Any) -> Tensor:
+        image = v2.functional.to_image(image).as_subclass(Tensor)
+        if tuple(image.shape[-2:]) != (self.size, self.size):
+            image = v2.functional.center_crop(v2.functional.resize(image, self.size, antialias=True), self.size)
+        return image.to(torch.uint8).contiguous()
+
+
 class VisionDataModule(LightningDataModule):
     """Base of the image-classification datamodules.
 
@@ -178,9 +197,15 @@ class VisionDataModule(LightningDataModule):
             ``None``: the data set's default (PyTorch's when it has none).
         train_transforms: Replace :meth:`default_train_transforms`.
         eval_transforms: Replace :meth:`default_eval_transforms`.
+        on_device: Hold the training part on the training device (the trainer's root device; the CPU without a
+            trainer) as one ``uint8`` tensor and crop/flip/normalise it there in batches (data sets with
+            ``supports_on_device``), instead of loader workers with per-sample transforms. Same order, DDP shards
+            and exact resume (:mod:`~lightning_nas.datamodules.on_device`); ``num_workers``/``pin_memory`` then
+            apply to the other loaders only. Off by default.
 
     Raises:
-        ValueError: If ``val_split`` is not in (0, 1) or ``batch_size``/``num_workers`` is invalid.
+        ValueError: If ``val_split`` is not in (0, 1) or ``batch_size``/``num_workers`` is invalid, or
+            ``on_device`` is set on a data set without it or together with ``train_transforms``.
     """
 
     name: ClassVar[str] = ""
@@ -191,6 +216,7 @@ class VisionDataModule(LightningDataModule):
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     max_default_workers: ClassVar[int] = 0  # num_workers=None: min(this, cpu count) workers
     default_prefetch_factor: ClassVar[int | None] = None
+    supports_on_device: ClassVar[bool] = False  # defines device_augment(): on_device=True is allowed
 
     def __init__(
         self,
@@ -205,6 +231,7 @@ class VisionDataModule(LightningDataModule):
         prefetch_factor: int | None = None,
         train_transforms: Transform | None = None,
         eval_transforms: Transform | None = None,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         if num_workers is None:
@@ -216,6 +243,16 @@ class VisionDataModule(LightningDataModule):
             raise ConfigError(f"batch_size={batch_size!r} must be at least 1.")
         if num_workers < 0:
             raise ConfigError(f"num_workers={num_workers!r} must be 0 (load in the main process) or more.")
+        if on_device and not self.supports_on_device:
+            raise ConfigError(
+                f"{type(self).__name__} does not support on_device=True (the training set held on the GPU): "
+                "CIFAR10DataModule, CIFAR100DataModule and TinyImageNetDataModule do. Drop `on_device`."
+            )
+        if on_device and train_transforms is not None:
+            raise ConfigError(
+                f"{type(self).__name__}: on_device=True augments with its own batched crop/flip, so it cannot apply "
+                "`train_transforms`; drop one of the two."
+            )
         self.data_dir = str(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -225,6 +262,7 @@ class VisionDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
         self.prefetch_factor = prefetch_factor
+        self.on_device = bool(on_device)
         self.train_transforms = train_transforms or self.default_train_transforms()
         self.eval_transforms = eval_transforms or self.default_eval_transforms()
         self.train_indices: list[int] = []
@@ -234,6 +272,7 @@ class VisionDataModule(LightningDataModule):
         self._calibration: dict[tuple[int, int | None], DataLoader] = {}
         self._train_loader: ResumableDataLoader | None = None
         self._train_resume: dict[str, Any] | None = None
+        self._device_train: DeviceImages | None = None
 
     @property
     def dims(self) -> tuple[int, int, int]:
@@ -264,6 +303,22 @@ class VisionDataModule(LightningDataModule):
 
     def download_data(self) -> None:
         """Fetch the data set into ``data_dir``, where the data set supports it (a no-op here)."""
+
+    def device_augment(self) -> BatchAugment:
+        """The batched training augmentation of ``on_device=True`` (data sets with ``supports_on_device``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no on-device augmentation.")
+
+    def train_uint8(self) -> tuple[Tensor, Tensor]:
+        """The training part (``train_indices``) as ``uint8 (N, C, H, W)`` images and ``int64`` labels, on the CPU.
+
+        Reads every image once through a loader (``num_workers`` processes), each made ``input_size`` square
+        (:class:`ToImageSize`); a data set held in memory in that form overrides this with a copy.
+        """
+        self._setup_train()
+        subset = TransformedSubset(self._train_source, self.train_indices, ToImageSize(self.input_size))
+        loader = DataLoader(subset, batch_size=256, num_workers=self.num_workers)
+        images, labels = zip(*loader) if len(subset) else ((), ())
+        return torch.cat(images), torch.cat(labels).long()
 
     def normalize(self) -> v2.Normalize:
         """Return the data set's normalization of a float image tensor."""
@@ -355,13 +410,36 @@ class VisionDataModule(LightningDataModule):
         """
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochSampler(self.train_dataset, num_replicas=world, rank=rank, seed=run_seed(self.seed),
+        dataset = self.device_train_dataset() if self.on_device else self.train_dataset
+        sampler = EpochSampler(dataset, num_replicas=world, rank=rank, seed=run_seed(self.seed),
                                drop_last=self.drop_last)
-        loader = self._loader(self.train_dataset, drop_last=self.drop_last, sampler=sampler)
+        if self.on_device:  # batches come out of the dataset whole, on the device: no workers, no collation
+            loader = ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=as_batch,
+                                         generator=torch.Generator().manual_seed(self.seed), drop_last=self.drop_last)
+        else:
+            loader = self._loader(dataset, drop_last=self.drop_last, sampler=sampler)
         if self._train_resume is not None:
             loader.load_state_dict(self._train_resume)
         self._train_loader = loader
         return loader
+
+    def device_train_dataset(self, device: torch.device | str | None = None) -> DeviceImages:
+        """The training part held on ``device``, augmented there.
+
+        ``device`` defaults to the trainer's root device; without a trainer, to where it was put last (else the
+        CPU). Built once per device: read (:meth:`train_uint8`), then copied over in one go.
+        """
+        if device is None and self.trainer is None and self._device_train is not None:
+            return self._device_train
+        if device is None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        device = torch.device(device)
+        if self._device_train is None or self._device_train.device != device:
+            self._device_train = None  # free the old copy before making the new one
+            images, labels = self.train_uint8()
+            self._device_train = DeviceImages(images.to(device), labels.to(device), self.device_augment(),
+                                              seed=self.seed)
+        return self._device_train
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position and RNG (see :class:`ResumableDataLoader`), saved in checkpoints.
@@ -434,7 +512,8 @@ class VisionDataModule(LightningDataModule):
         )
 
     def __repr__(self) -> str:
+        on_device = ", on_device=True" if self.on_device else ""
         return (
             f"{type(self).__name__}(data_dir={self.data_dir!r}, batch_size={self.batch_size}, "
-            f"val_split={self.val_split}, seed={self.seed})"
+            f"val_split={self.val_split}, seed={self.seed}{on_device})"
         )

@@ -12,6 +12,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from lightning_nas.datamodules.base import DataRootError, Transform, VisionDataModule
+from lightning_nas.datamodules.on_device import BatchAugment, PadCropFlip
 
 
 def _batch_file_problem(path: str, is_meta: bool, key: str) -> str | None:
@@ -63,6 +64,13 @@ class CIFAR10DataModule(VisionDataModule):
     ``download=True`` it fetches the archive there first (on rank 0, in ``prepare_data``).
     Training augmentation: random crop 32 with 4 px padding, horizontal flip.
 
+    On a GPU, ``on_device=True`` holds the 45,000 training images on the GPU (138 MB of ``uint8``) and does the
+    crop, flip and normalisation there, a batch at a time (one gather and one multiply-add per batch): no loader
+    workers, no per-image Python, no image copies per step. The order, the DDP shards, exact resume and each
+    sample's augmentation seed are those of the default loader (the crop offsets drawn from them differ); the
+    validation, test and calibration loaders are unchanged. Lightning's "does not have many workers" hint does not
+    apply to that loader.
+
     Args:
         data_dir: Folder holding (or receiving) ``cifar-10-batches-py/``.
         batch_size: Samples per batch.
@@ -75,11 +83,13 @@ class CIFAR10DataModule(VisionDataModule):
         download: Download the data set into ``data_dir`` if its files are missing.
         train_transforms: Replace the default training transform.
         eval_transforms: Replace the default evaluation transform.
+        on_device: Hold the training set on the training device and augment it there in batches (see above).
 
     Example::
 
         dm = CIFAR10DataModule("data/", download=True)
         trainer.fit(model, datamodule=dm)
+        dm = CIFAR10DataModule("data/", on_device=True)  # on a GPU: training batches made on the GPU
     """
 
     name: ClassVar[str] = "cifar10"
@@ -92,6 +102,7 @@ class CIFAR10DataModule(VisionDataModule):
     archive_name: ClassVar[str] = "cifar-10-python.tar.gz (170 MB)"
 
     max_default_workers: ClassVar[int] = 4
+    supports_on_device: ClassVar[bool] = True
 
     def __init__(self, data_dir: str = ".", *, download: bool = False, **kwargs: Any) -> None:
         super().__init__(data_dir, **kwargs)
@@ -108,6 +119,18 @@ class CIFAR10DataModule(VisionDataModule):
                 self.normalize(),
             ]
         )
+
+    def device_augment(self) -> BatchAugment:
+        """``on_device=True``'s batched version of :meth:`default_train_transforms`."""
+        return PadCropFlip(32, 4, self.mean, self.std, flip=True)
+
+    def train_uint8(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training part as ``uint8 (N, 3, 32, 32)`` and ``int64`` labels: a copy of the arrays in memory."""
+        self._setup_train()
+        source = self._train_source
+        index = torch.tensor(self.train_indices, dtype=torch.int64)
+        images = torch.from_numpy(source.data).permute(0, 3, 1, 2).index_select(0, index).contiguous()
+        return images, torch.tensor(source.targets, dtype=torch.int64).index_select(0, index)
 
     def default_eval_transforms(self) -> Transform:
         """Convert to a float tensor and normalize."""
