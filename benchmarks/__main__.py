@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``python -m benchmarks [--quick] [--only NAME ...] [--report]``.
+"""Run the benchmark suite: ``python -m benchmarks [--quick] [--gpu] [--only NAME ...] [--report]``.
 
 Each benchmark module (``benchmarks/<name>.py``; helpers are ``common``, ``report`` and ``_*``) runs as
 ``python -m benchmarks.<name> [--quick]`` would, in its own process (forked after the common imports, so each
@@ -6,6 +6,11 @@ starts clean without paying Lightning's import again), and prints one JSON objec
 it is saved to ``benchmarks/results/<name>.json``, then ``BENCHMARKS.md`` is rewritten from every JSON file
 there. ``--quick`` is a smoke run: its JSON goes to ``benchmarks/results_quick/`` and its page to
 ``benchmarks/results_quick/BENCHMARKS.md`` (not committed), so it never replaces the full figures.
+
+The GPU benchmarks (``benchmarks/gpu_*.py``) run only when named (``--gpu`` runs them all, ``--only gpu_speed``
+one) or in the ``--quick`` smoke run, each in a fresh subprocess (CUDA cannot be used in a forked child). Their JSON
+goes to ``benchmarks/results/`` only when they ran on a CUDA device; a run without one is a smoke run and goes to
+``benchmarks/results_quick/``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,28 @@ HELPERS = {"__init__", "__main__", "common", "report", "gpu_smoke", "quality_com
 
 def discover() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in HELPERS and not p.stem.startswith("_"))
+
+
+def is_gpu(name: str) -> bool:
+    """A GPU benchmark: run only when named or in the smoke run, never forked, kept by the device it ran on."""
+    return name.startswith("gpu_")
+
+
+def chosen(names: list[str], only: list[str] | None, gpu: bool, quick: bool) -> list[str]:
+    """The benchmarks a command line runs: ``--only``'s, the GPU ones with ``--gpu``, else every CPU benchmark
+    (and, with ``--quick``, the GPU ones' smoke runs too)."""
+    if only:
+        return list(only)
+    if gpu:
+        return [n for n in names if is_gpu(n)]
+    return [n for n in names if quick or not is_gpu(n)]
+
+
+def destination(doc: dict, results: Path, quick_results: Path) -> Path:
+    """Where a benchmark's JSON goes: ``results``, except a GPU benchmark that ran without CUDA (a smoke run)."""
+    if is_gpu(str(doc.get("name", ""))) and doc.get("device") != "cuda":
+        return quick_results
+    return results
 
 
 def _preload() -> None:
@@ -84,7 +111,7 @@ def _can_fork() -> bool:
 
 def run_one(name: str, extra: list[str]) -> dict | None:
     start = time.perf_counter()
-    if _can_fork():
+    if _can_fork() and not is_gpu(name):
         code, stdout, stderr = _forked(name, extra)
     else:
         proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra], cwd=HERE.parent,
@@ -107,11 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     names = discover()
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small settings: the whole suite in < 5 min")
+    parser.add_argument("--gpu", action="store_true",
+                        help=f"the GPU benchmarks only: {[n for n in names if is_gpu(n)]} (on a CUDA device)")
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"a subset of {names}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only rewrite BENCHMARKS.md from the saved JSON")
     args = parser.parse_args(argv)
-    results = HERE / ("results_quick" if args.quick else "results")
+    quick_results = HERE / "results_quick"
+    results = quick_results if args.quick else HERE / "results"
     results.mkdir(exist_ok=True)
     page = results / "BENCHMARKS.md" if args.quick else HERE.parent / "BENCHMARKS.md"
     start = time.perf_counter()
@@ -120,12 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         if _can_fork():
             _preload()
         extra = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)]
-        for name in args.only or names:
+        for name in chosen(names, args.only, args.gpu, args.quick):
             doc = run_one(name, extra)
             if doc is None:
                 failed.append(name)
-            else:
-                (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+                continue
+            folder = destination(doc, results, quick_results)
+            folder.mkdir(exist_ok=True)
+            (folder / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+            if folder != results:
+                print(f"{name}: ran on {doc.get('device')} (no CUDA device): a smoke run, saved to {folder} only",
+                      file=sys.stderr)
     print(f"wrote {render(results, page)} ({time.perf_counter() - start:.0f} s in all)", file=sys.stderr)
     return 1 if failed else 0
 

@@ -88,6 +88,68 @@ def quality_table(docs: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+GPU_INTRO = """## GPU
+
+Issue 17's figures on one GPU (`benchmarks/gpu_speed.py`: bf16 autocast, `recipes/spos/cifar10.yaml`'s space,
+batch 256, fake CIFAR-10 of the real size in its real format): `python -m benchmarks --gpu` on a CUDA machine
+(about 5 min on one H100). A run without CUDA is a smoke run whose JSON never lands in `benchmarks/results/`.
+Ratios are speed ratios, medians over interleaved rounds (> 1: the first named is faster)."""
+
+GPU_FIGURES = [
+    ("evolution_s_per_1000_candidates", "1,000 evolution candidates, recipe fidelity (20,000 calibration + "
+                                        "5,000 validation images), calibration batch 256 (s)"),
+    ("evolution_s_per_1000_candidates_best", "the same at the fastest calibration batch (s)"),
+    ("evolution_best_calib_batch", "that batch"),
+    ("fit_over_raw_step", "`Trainer.fit` epoch / raw step, default loader"),
+    ("fit_on_device_over_raw_step", "`Trainer.fit` epoch / raw step, `on_device=True`"),
+    ("supernet_over_exported", "supernet step / exported sub-network step"),
+    ("supernet_over_compiled_exported", "supernet step / exported network compiled with `torch.compile`"),
+    ("raw_step_images_per_s", "raw SPOS step (images/s)"),
+    ("fit_images_per_s", "fit epoch, default loader (images/s)"),
+    ("fit_on_device_images_per_s", "fit epoch, `on_device=True` (images/s)"),
+    ("loader_images_per_s", "training loader, default workers, copied to the GPU (images/s)"),
+    ("loader_on_device_images_per_s", "training loader, `on_device=True` (images/s)"),
+]
+
+
+GPU_GOALS = {  # issue 17's goals, shown before any GPU run (a run's JSON carries its own targets)
+    "evolution_s_per_1000_candidates": "evolution_s_per_1000_candidates <= 300",
+    "fit_over_raw_step": "fit_over_raw_step >= 0.9",
+    "fit_on_device_over_raw_step": "fit_on_device_over_raw_step >= 0.9",
+    "supernet_over_compiled_exported": "supernet_over_compiled_exported >= 0.9",
+}
+
+
+def gpu_section(docs: list[dict[str, Any]]) -> list[str]:
+    """The "GPU" section: the headline figures of the ``gpu_*`` results measured on CUDA, or "not measured"."""
+    measured = [d for d in docs if d["name"].startswith("gpu_") and d.get("device") == "cuda"]
+    figures: dict[str, Any] = {}
+    targets: dict[str, str] = {}
+    for d in measured:
+        figures.update(d.get("figures", {}))
+        targets.update({t.split()[0]: t for t in d.get("targets", {}).values()})
+    lines = [GPU_INTRO, ""]
+    if measured:
+        for d in measured:
+            s, m = d.get("settings", {}), d.get("machine", {})
+            lines.append(f"[{d['name']}](#{d['name']}): {s.get('device_name')}, {s.get('precision')}, torch "
+                         f"{d.get('torch')}, CUDA {s.get('cuda')}, Python {m.get('python')}, "
+                         f"{m.get('cpu_count')} CPUs; {_fmt(s.get('wall_s'))} s.")
+    else:
+        lines.append("**Not measured**: no `benchmarks/results/gpu_*.json` from a CUDA device yet.")
+    lines += ["", "| what | figure | value | target | met |", "|---|---|---|---|---|"]
+    for key, what in GPU_FIGURES:
+        target = targets.get(key, GPU_GOALS.get(key, ""))
+        value = _fmt(figures[key]) if key in figures else "not measured"
+        spread_ = figures.get(f"{key}_min_max")
+        if isinstance(spread_, list) and len(spread_) == 2:
+            value += f" ({_fmt(spread_[0])}–{_fmt(spread_[1])})"
+        met = check_target(target, figures) if target and key in figures else None
+        mark = "" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {what} | `{key}` | {value} | {' '.join(target.split()[1:])} | {mark} |")
+    return lines + [""]
+
+
 def render(results: Path, out: Path) -> Path:
     docs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     # the search-quality results first: the table on top, then their details
@@ -103,7 +165,7 @@ def render(results: Path, out: Path) -> Path:
         met = f"{sum(c is True for c in checks)}/{len(checks)}" if checks else "–"
         mode = "quick" if d["settings"].get("quick") else "full"
         summary.append(f"| [{d['name']}](#{d['name']}) | {mode} | {met} | {_fmt(d['settings'].get('wall_s'))} |")
-    lines += summary + [""]
+    lines += summary + ["", *gpu_section(docs)]
     for d in docs:
         lines += _section(d)
     out.write_text("\n".join(lines))
