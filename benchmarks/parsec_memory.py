@@ -1,9 +1,9 @@
 """Training memory and step time of PARSEC's weight step (``K`` archs, one at a time) on the DARTS cell space.
 
 The PARSEC step is ``PARSECModule.training_step`` itself, run outside a ``Trainer``: the module gets a
-stand-in trainer (``fit_loop.total_batch_idx``, a single-process ``strategy.reduce`` that returns its
-input, ``estimated_stepping_batches``) and its Lightning plumbing is replaced by the single-process
-equivalents (``manual_backward`` → ``loss.backward()``, ``clip_gradients`` → ``clip_grad_norm_``,
+stand-in trainer (a single-process ``strategy.reduce`` that returns its input, ``estimated_stepping_batches``),
+its step index (its own ``train_batches`` counter) is set by hand, and its Lightning plumbing is replaced by
+the single-process equivalents (``manual_backward`` → ``loss.backward()``, ``clip_gradients`` → ``clip_grad_norm_``,
 ``optimizers``/``lr_schedulers`` → the objects of its own ``configure_optimizers``, ``log_dict`` → no-op).
 The prior step is switched off (``prior_update_every`` larger than the run): it is ``K`` no-grad forwards.
 
@@ -112,7 +112,7 @@ def standalone(space: DartsCellSpace, steps: int = 10**9) -> PARSECModule:
     """A ``PARSECModule`` whose ``training_step`` runs without a ``Trainer`` (single process, no prior step)."""
     module = PARSECModule(space, K=1, prior_update_every=10**9).train()
     module._trainer = SimpleNamespace(  # what training_step / configure_optimizers read from the trainer
-        fit_loop=SimpleNamespace(total_batch_idx=0), estimated_stepping_batches=steps,
+        estimated_stepping_batches=steps,
         strategy=SimpleNamespace(reduce=lambda value, reduce_op="sum": value))
     (w_opt, p_opt), [sched] = module.configure_optimizers()
     module.optimizers = lambda: (w_opt, p_opt)
@@ -140,7 +140,7 @@ class Steps:
     def parsec(self, k: int) -> Callable[[], None]:
         def run() -> None:
             self.module.hparams.K = k
-            self.module.trainer.fit_loop.total_batch_idx = self.step
+            self.module.train_batches = self.step + 1  # batch_step == self.step, as a Trainer's batch hook sets it
             self.module.training_step((self.x, self.y), 0)
         return run
 
@@ -265,7 +265,7 @@ def sharing_study(bench: Bench, quick: bool, seed: int) -> None:
         order = torch.randperm(len(yf), generator=torch.Generator().manual_seed(seed))
         for step in range(steps):
             idx = order[(step * batch) % len(order):][:batch]
-            module.trainer.fit_loop.total_batch_idx = step
+            module.train_batches = step + 1  # batch_step == step
             module.training_step((xf[idx], yf[idx]), step)
         archs = archs or [space.sample(torch.Generator().manual_seed(seed + 1000 + i)) for i in range(n_archs)]
         acc[op_weights] = held_out_accuracy(space, archs, xh, yh)

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.common import Bench, interleaved, ratios, saved_activation_bytes, spread
-from lightning_nas.nn.layer_choice import LayerChoice
+from lightning_nas.nn.layer_choice import LayerChoice, inactive_parameters
 from lightning_nas.spaces import MobileNetSpace
-from lightning_nas.strategies.binary_gates import BinaryGates, choices_by_decision, inactive_parameters, sample_gates
+from lightning_nas.strategies.binary_gates import BinaryGates, choices_by_decision, sample_gates
 
 BATCH, SIZE, CLASSES = 32, 32, 10
 CANDIDATES = ("k3_e3", "k3_e6", "k5_e3", "k5_e6", "k7_e3", "k7_e6")
@@ -45,7 +45,7 @@ def mixed_ops(space: MobileNetSpace, alphas: dict[str, Tensor]) -> Iterator[None
     def mixed(choice: LayerChoice) -> Callable[[Tensor], Tensor]:
         def forward(x: Tensor) -> Tensor:
             w = torch.softmax(alphas[choice.name], 0)
-            return sum(w[j] * op(x) for j, op in enumerate(choice._modules_list))
+            return sum(w[j] * choice.candidate(j)(x) for j in range(len(choice.keys)))
         return forward
 
     choices = [m for m in space.modules() if isinstance(m, LayerChoice)]
@@ -104,7 +104,7 @@ class Steps:
     def weight_step(self) -> None:
         self.w_opt.zero_grad(set_to_none=True)
         self.weight_loss().backward()
-        for p in inactive_parameters(self.space, self.cache):
+        for p in inactive_parameters(self.space.choice_modules(), self.cache):
             p.grad = None
         self.w_opt.step()
 

@@ -130,7 +130,7 @@ def check_checkpoint(path: str | Path, model: LightningModule) -> None:
     _check_keys(ckpt, model, where)
     space = getattr(model, "space", None)
     if space is not None and callable(getattr(space, "fingerprint", None)):
-        from lightning_nas.modules.spos import check_space_checkpoint
+        from lightning_nas.modules.supernet import check_space_checkpoint
 
         try:
             check_space_checkpoint(space, ckpt)

@@ -14,6 +14,7 @@ from lightning_nas.arch import Arch
 from lightning_nas.callbacks.protocols import require_space
 from lightning_nas.errors import ConfigError
 from lightning_nas.seeding import step_generator
+from lightning_nas.strategies.path_policy import draw_path, path_sampler
 
 
 class PathSampling(Callback):
@@ -23,7 +24,10 @@ class PathSampling(Callback):
     FLOPs-bin sampling) a cost bin between ``cost_min`` and ``cost_max`` is drawn uniformly, then
     uniform archs are drawn until one falls in it, at most ``max_tries`` times, else a plain uniform
     arch. A module that implements ``sample_path(generator) -> Arch | None`` (ProxylessNAS after its
-    warm-up) draws the path itself.
+    warm-up; see :mod:`lightning_nas.strategies.path_policy`) draws the path itself, from the same generator.
+
+    The step ``i`` of a path is this callback's own count of the training batches it sampled (``sampled``),
+    saved in its checkpoint state: a resumed run continues with the paths an uninterrupted one draws.
 
     Args:
         seed: the sampling seed; the path of batch ``i`` is a function of ``(seed, i)`` only.
@@ -64,6 +68,7 @@ class PathSampling(Callback):
         """Check the module's space, and in ``constrained`` mode the latency table and the cost bins, before any
         work (the CLI calls it before anything is written; ``setup()`` too)."""
         space = require_space(pl_module, "PathSampling")
+        path_sampler(pl_module)  # a module's own sampler, if it declares one, must be callable
         if self.mode == "constrained" and self._table is None:
             from lightning_nas.cost import LatencyTable, cost_range
 
@@ -85,11 +90,9 @@ class PathSampling(Callback):
         """The path of batch ``step`` (deterministic in ``(seed, step)``)."""
         space = pl_module.space
         gen = step_generator(self.seed, step)
-        own = getattr(pl_module, "sample_path", None)
-        if callable(own):
-            arch = own(gen)
-            if arch is not None:
-                return arch
+        arch = draw_path(pl_module, gen)
+        if arch is not None:
+            return arch
         if self.mode == "uniform":
             return space.sample(gen)
         return self._constrained(space, gen)
@@ -109,7 +112,7 @@ class PathSampling(Callback):
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        step = trainer.fit_loop.total_batch_idx
+        step = self.sampled  # batches sampled before this one, over the run (restored on resume)
         arch = self.sample(pl_module, step)
         pl_module.space.activate(arch, validate=False)
         self.last_arch = arch

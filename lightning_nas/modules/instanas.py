@@ -64,7 +64,7 @@ from lightning_nas.controllers.instanas_policy import (
 )
 from lightning_nas.modules.instanas_report import ValidationRecord, write_report
 from lightning_nas.modules.optim import split_decay
-from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.modules.supernet import check_space_checkpoint, write_space_checkpoint
 from lightning_nas.seeding import step_generator
 from lightning_nas.spaces.instanas import EXECUTIONS, InstaNASSpace, OptionLatency
 
@@ -352,7 +352,7 @@ class InstaNASModule(LightningModule):
     # --- checkpoints ----------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
+        write_space_checkpoint(checkpoint, self.space)
         checkpoint["instanas"] = {"controller_steps": self.controller_steps, "supernet_steps": self.supernet_steps,
                                   "phase": self.phase,
                                   "latency": self.latency.state_dict() if self.latency is not None else None}

@@ -56,7 +56,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
@@ -64,8 +63,7 @@ from typing_extensions import override
 from lightning_nas.arch import Arch
 from lightning_nas.errors import MissingFileError, PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
-from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
-from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.modules.supernet import HeldOutArchSearch
 from lightning_nas.search.output import publish_arch, run_folder
 from lightning_nas.seeding import step_generator
 from lightning_nas.spaces.base import SearchSpace
@@ -122,9 +120,9 @@ class WeightedGradients:
         """The factor ``exp(ℓ − m)`` for this arch's loss; rescales what was accumulated if ``ℓ`` is a new maximum."""
         if log_likelihood > self.max:
             shrink = math.exp(self.max - log_likelihood) if self.total > 0 else 0.0
-            grads = self._grads()
-            if grads and shrink != 1.0:
-                torch._foreach_mul_(grads, shrink)
+            if shrink != 1.0:
+                for g in self._grads():
+                    g.mul_(shrink)
             self.total *= shrink
             self.max = log_likelihood
         self.log_likelihoods.append(log_likelihood)
@@ -134,9 +132,8 @@ class WeightedGradients:
 
     def finish(self) -> Tensor:
         """Normalise the accumulated gradient; return the importance weights."""
-        grads = self._grads()
-        if grads:
-            torch._foreach_div_(grads, self.total)
+        for g in self._grads():
+            g.div_(self.total)
         return importance_weights(torch.tensor(self.log_likelihoods, dtype=torch.float64))
 
 
@@ -195,8 +192,11 @@ def load_prior(path: str | Path, decisions: dict[str, list]) -> list[Tensor]:
     return [torch.tensor(saved_logits[k], dtype=torch.float32) for k in decisions]
 
 
-class PARSECModule(FixedPathValidation, LightningModule):
+class PARSECModule(HeldOutArchSearch):
     """Search any space with PARSEC: ``K`` archs per step from a learned categorical prior.
+
+    The prior steps are :class:`~lightning_nas.modules.supernet.HeldOutArchSearch`'s held-out arch steps
+    (``arch_steps`` counts them); the weight step's archs come from ``(seed, batch_step)``.
 
     Args:
         space: the supernet (e.g. :class:`~lightning_nas.spaces.DartsCellSpace`).
@@ -224,43 +224,33 @@ class PARSECModule(FixedPathValidation, LightningModule):
         FileNotFoundError: a missing ``prior_init`` file.
     """
 
+    checkpoint_key = "parsec"
+    arch_role = "prior"
+
     def __init__(self, space: SearchSpace, K: int = 8, lr: float = 0.025, lr_min: float = 0.001,  # noqa: N803
                  momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.0, prior_lr: float = 3e-4,
                  prior_betas: tuple[float, float] = (0.5, 0.999), prior_weight_decay: float = 1e-3,
                  prior_update_every: int = 1, prior_init: str | None = None, final: str = "argmax",
                  final_samples: int = 20, seed: int = 0) -> None:
-        super().__init__()
-        if not isinstance(space, SearchSpace):
-            raise TypeError(f"PARSECModule needs a lightning_nas SearchSpace, got {type(space).__name__}")
+        super().__init__(space, seed)
         if final not in FINALS or K < 1 or prior_update_every < 1 or final_samples < 1:
             raise ValueError(f"PARSECModule needs final in {FINALS}, K >= 1, prior_update_every >= 1 and "
                              f"final_samples >= 1; got {final!r}, {K}, {prior_update_every}, {final_samples}")
         self.save_hyperparameters(ignore=["space"])
-        self.automatic_optimization = False
-        self.space = space
-        self._decisions = space.decisions()
         init = load_prior(prior_init, self._decisions) if prior_init else [torch.zeros(len(v))
                                                                            for v in self._decisions.values()]
         self.prior_logits = nn.ParameterList([nn.Parameter(a) for a in init])
         if prior_init:
             rank_zero_info(f"PARSEC: prior loaded from {prior_init} (entropy {self.prior_entropy():.2f} nats).")
-        self._held_out = HeldOutBatches(seed)
-        self.prior_steps = 0
         self.last_indices: Tensor | None = None  # the last weight step's archs, (K, decisions) value indices
         self.best_arch_path: Path | None = None
-        self._train_arch: Arch | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.space(x)
 
     # --- the prior --------------------------------------------------------------------------
+    def distribution(self) -> nn.ParameterList:
+        return self.prior_logits
+
     def _arch(self, index: Tensor) -> Arch:
         return {n: v[int(i)] for (n, v), i in zip(self._decisions.items(), index)}
-
-    def arch_probabilities(self) -> dict[str, dict[Any, float]]:
-        """``{decision: {value: probability}}`` under the prior ``softmax(π)``."""
-        return {n: dict(zip(v, torch.softmax(a.detach().double().cpu(), 0).tolist()))
-                for (n, v), a in zip(self._decisions.items(), self.prior_logits)}
 
     def prior_entropy(self) -> float:
         """The prior's entropy (nats, summed over the decisions)."""
@@ -277,33 +267,19 @@ class PARSECModule(FixedPathValidation, LightningModule):
 
     # --- steps ------------------------------------------------------------------------------
     @override
-    def on_fit_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not callable(getattr(datamodule, "val_dataloader", None)):
-            raise ValueError("PARSECModule learns its prior on the held-out validation split: fit it with a "
-                             "LightningDataModule that has val_dataloader() (trainer.fit(model, datamodule=dm))")
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        self._held_out.start_epoch(self.current_epoch)
-
-    def _global_sum(self, value: Tensor) -> Tensor:
-        # the log-likelihood of the whole (all-rank) batch, so the importance weights agree on every rank
-        return self.trainer.strategy.reduce(value, reduce_op="sum")
-
-    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         w_opt, _ = self.optimizers()
-        step = self.trainer.fit_loop.total_batch_idx
-        indices = sample_indices(self.prior_logits, self.hparams.K, step_generator(self.hparams.seed, step))
+        gen = step_generator(self.hparams.seed, self.batch_step)
+        indices = sample_indices(self.prior_logits, self.hparams.K, gen)
         w_opt.zero_grad(set_to_none=True)
         acc = WeightedGradients(self.space.parameters())
         losses = []
         for index in indices:
             self.space.activate(self._arch(index), validate=False)
             ce = F.cross_entropy(self.space(x), y, reduction="none")
-            factor = acc.scale(-float(self._global_sum(ce.detach().sum())))
+            # the log-likelihood of the whole (all-rank) batch, so the importance weights agree on every rank
+            factor = acc.scale(-float(self.global_sum(ce.detach().sum())))
             if factor > 0.0:  # the same on every rank: an underflowed weight skips its backward everywhere
                 self.manual_backward(ce.mean() * factor)
             losses.append(ce.detach().mean())
@@ -321,27 +297,18 @@ class PARSECModule(FixedPathValidation, LightningModule):
             self._prior_step()
 
     def _prior_step(self) -> None:
-        previous = self.space.active_arch
-        x, y = self._held_out.next(self)
-        gen = step_generator(self.hparams.seed + 1, self.trainer.fit_loop.total_batch_idx)
-        indices = sample_indices(self.prior_logits, self.hparams.K, gen)
-        with torch.no_grad(), frozen_bn_statistics(self.space):
-            lls = []
-            for index in indices:
-                self.space.activate(self._arch(index), validate=False)
-                lls.append(-F.cross_entropy(self.space(x), y, reduction="sum"))
-        lls = self._global_sum(torch.stack(lls))
-        weights = importance_weights(lls)
-        optimizer = self.optimizers()[1].optimizer
-        optimizer.zero_grad(set_to_none=True)
-        for a, g in zip(self.prior_logits, score_gradient(self.prior_logits, indices, weights)):
-            a.grad = (-g).to(a.device, a.dtype)  # Adam minimises: ascend the marginal likelihood
-        # through the strategy, not LightningOptimizer.step: global_step keeps counting weight steps only
-        self.trainer.strategy.optimizer_step(optimizer, closure=_no_closure, model=self)
-        self.prior_steps += 1
-        if previous is not None:
-            self.space.activate(previous, validate=False)
-        n = float(self._global_sum(torch.tensor(float(len(y)), device=lls.device)))
+        with self.held_out_step() as ((x, y), gen):
+            indices = sample_indices(self.prior_logits, self.hparams.K, gen)
+            with torch.no_grad(), frozen_bn_statistics(self.space):
+                lls = []
+                for index in indices:
+                    self.space.activate(self._arch(index), validate=False)
+                    lls.append(-F.cross_entropy(self.space(x), y, reduction="sum"))
+            lls = self.global_sum(torch.stack(lls))
+            weights = importance_weights(lls)
+            for a, g in zip(self.prior_logits, score_gradient(self.prior_logits, indices, weights)):
+                a.grad = (-g).to(a.device, a.dtype)  # Adam minimises: ascend the marginal likelihood
+        n = float(self.global_sum(torch.tensor(float(len(y)), device=lls.device)))
         marginal = (torch.logsumexp(lls.double(), 0) - math.log(len(lls))) / n  # log p̂(y | π) per example
         self.log_dict({"prior/log_marginal": marginal.float(), "prior/ess": 1.0 / float((weights ** 2).sum()),
                        "prior/entropy": self.prior_entropy()}, batch_size=len(y))
@@ -411,20 +378,3 @@ class PARSECModule(FixedPathValidation, LightningModule):
         meta = {"final": self.hparams.final, **meta, "macs": macs(self.space, arch),
                 "params": params(self.space, arch), "probabilities": self.arch_probabilities()}
         self.best_arch_path = publish_arch(arch, self.space, run_folder(folder, "parsec"), folder, **meta)
-
-    # --- checkpoints ------------------------------------------------------------------------
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
-        checkpoint["parsec"] = {"held_out": self._held_out.state_dict(), "prior_steps": self.prior_steps}
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_space_checkpoint(self.space, checkpoint)
-        state = checkpoint.get("parsec", {})
-        self._held_out.load_state_dict(state.get("held_out", {}))
-        self.prior_steps = int(state.get("prior_steps", 0))
-
-
-def _no_closure() -> None:
-    return None

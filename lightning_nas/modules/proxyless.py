@@ -5,7 +5,8 @@ https://arxiv.org/abs/1812.00332 (official code: mit-han-lab/proxylessnas, ``sea
 
 Weights and arch logits ``α`` (one vector per op decision, ``α ~ N(0, 1e-3)``) train alternately with
 manual optimization: every training batch one weight step (SGD Nesterov) on one path — drawn uniformly
-during the warm-up epochs, from ``softmax(α)`` afterwards (``sample_path``, used by ``PathSampling``) —
+during the warm-up epochs, from ``softmax(α)`` afterwards (``sample_path``, which ``PathSampling`` calls; the
+module adds a ``PathSampling(seed=seed)`` when the trainer has none) —
 and, from the second epoch after the warm-up, every ``arch_update_every`` batches one arch step (Adam) on
 a batch of the held-out validation split. The arch gradient is the binary-gate estimate of
 :mod:`lightning_nas.strategies.binary_gates`, written as plain autograd so DDP synchronises it.
@@ -32,37 +33,33 @@ At the end of fit the most probable arch is written to ``best_arch.json``.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
 from lightning_nas.callbacks.path_sampling import PathSampling
-from lightning_nas.errors import PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay
-from lightning_nas.modules.single_path import FixedPathValidation, HeldOutBatches
-from lightning_nas.modules.spos import check_space_checkpoint
+from lightning_nas.modules.supernet import HeldOutArchSearch
+from lightning_nas.nn import inactive_parameters
 from lightning_nas.search.output import publish_arch, run_folder
-from lightning_nas.seeding import step_generator
 from lightning_nas.spaces.base import SearchSpace
 from lightning_nas.strategies.binary_gates import (
     ZERO,
     BinaryGates,
-    CandidateCosts,
     choices_by_decision,
-    inactive_parameters,
     latency_loss,
     reinforce_rewards,
     rescale_logits_,
     sample_gates,
     update_baseline,
 )
+from lightning_nas.strategies.latency_costs import CandidateCosts, cost_target, latency_table_for
 
 ESTIMATORS = ("two_path", "full", "reinforce")
 
@@ -80,7 +77,7 @@ class ProxylessSchedule:
         return 0.5 * (1 + math.cos(math.pi * t))
 
 
-class ProxylessModule(FixedPathValidation, LightningModule):
+class ProxylessModule(HeldOutArchSearch):
     """Search a space of op choices with ProxylessNAS.
 
     Args:
@@ -132,6 +129,9 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         MissingFileError: a missing latency table and no ``latency_device`` to measure it on.
     """
 
+    checkpoint_key = "proxyless"
+    arch_role = "arch logits"
+
     def __init__(
         self, space: SearchSpace, lr: float = 0.025, warmup_lr: float | None = 0.05, momentum: float = 0.9,
         weight_decay: float = 4e-5, label_smoothing: float = 0.1, warmup_epochs: int = 40, arch_lr: float = 1e-3,
@@ -144,9 +144,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         measure_latency: bool = True, latency_device: str | None = None, latency_batch_size: int = 1,
         target_fraction: float | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(space, SearchSpace):
-            raise TypeError(f"ProxylessModule needs a lightning_nas SearchSpace, got {type(space).__name__}")
+        super().__init__(space, seed)
         if arch_estimator not in ESTIMATORS:
             raise ValueError(f"arch_estimator must be one of {ESTIMATORS}, got {arch_estimator!r}")
         if loss_type not in ("mul", "add") or arch_update_every < 1 or reinforce_samples < 1 or arch_delay_epochs < 0:
@@ -154,10 +152,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
                              "reinforce_samples >= 1 and arch_delay_epochs >= 0; got "
                              f"{loss_type!r}, {arch_update_every}, {reinforce_samples}, {arch_delay_epochs}")
         self.save_hyperparameters(ignore=["space"])
-        self.automatic_optimization = False
-        self.space = space
         self._choices = choices_by_decision(space)
-        self._decisions = space.decisions()
         self._names = list(self._decisions)
         self.arch_logits = nn.ParameterList(
             [nn.Parameter(torch.randn(len(v)) * arch_init_std) for v in self._decisions.values()]
@@ -169,49 +164,22 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         if self._costs is not None:
             self.hparams.target_latency = self._target
         self._inactive_cache: dict[tuple[int, int], list[nn.Parameter]] = {}
-        self._own_sampling = True
-        self._held_out = HeldOutBatches(seed)
-        self.arch_steps = 0
-        self._train_arch: Arch | None = None
         self.best_arch_path: Path | None = None
         self.last_samples: dict[str, Any] = {}  # the last arch step's GateSample per decision (for inspection)
 
-    def _load_or_measure(self, template: str) -> Any:
-        """The latency table at ``template`` (fields filled in), checked against this space before any work;
-        measured on ``latency_device`` first when the file is missing."""
-        from lightning_nas.cost import LatencyTable
-
-        hp = self.hparams
-        device = None if hp.latency_device is None else torch.device(hp.latency_device).type
-        path = table_path(template, device, hp.latency_batch_size)
-        self.latency_table_path = path
-        if not Path(path).exists() and device is not None:
-            if device == "cuda" and not torch.cuda.is_available():
-                raise PrerequisiteError(
-                    f"latency table {path} does not exist and this recipe measures it on CUDA (latency_device=cuda), "
-                    "but this machine has no CUDA GPU: run it on a GPU machine, or measure the table on this CPU with "
-                    "--model.init_args.latency_device=cpu (and --model.init_args.latency_batch_size=1 for a quick one)")
-            table = LatencyTable.build(self.space, hp.latency_batch_size, device)
-            if int(os.environ.get("RANK", "0")) == 0:  # every rank measures for itself; rank 0 keeps the file
-                table.save(path)
-        else:
-            table = LatencyTable.load(path, hp.latency_batch_size, device or "cpu")
-        # a table measured here is checked too: the same rule for every table, whoever made it
-        table.check(self.space, hp.latency_batch_size if device else None, device, path)
-        return table
-
-    def _build_costs(self, table_path: str | None, metric: str | None, target: float | None,
+    def _build_costs(self, template: str | None, metric: str | None, target: float | None,
                      loss_type: str) -> CandidateCosts | None:
         from lightning_nas.cost import cost_range
 
-        fraction = self.hparams.target_fraction
-        if table_path is None and metric is None:
-            if target is not None or fraction is not None:
+        hp = self.hparams
+        if template is None and metric is None:
+            if target is not None or hp.target_fraction is not None:
                 raise ValueError("target_latency needs a cost model: give latency_table=<table.json> or "
                                  "latency_metric='macs'")
             return None
-        if table_path is not None:
-            self._latency_table = self._load_or_measure(table_path)
+        if template is not None:
+            self._latency_table, self.latency_table_path = latency_table_for(self.space, template, hp.latency_device,
+                                                                             hp.latency_batch_size)
             costs = CandidateCosts.from_latency_table(self._latency_table, self._decisions)
             lo, hi = self._latency_table.range()
         elif metric == "macs":
@@ -219,36 +187,15 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             lo, hi = cost_range(self.space, "macs")
         else:
             raise ValueError(f"latency_metric must be 'macs' (or give latency_table=<table.json>), got {metric!r}")
-        if fraction is not None:
-            if not 0.0 < fraction < 1.0:
-                raise ValueError(f"target_fraction must be in (0, 1) of the space's cost range, got {fraction}")
-            target = lo + fraction * (hi - lo)  # a target that fits whatever device measured the table
-        if target is None:
-            raise ValueError(f"a latency-aware search needs target_latency (this space spans {lo:.4g} to "
-                             f"{hi:.4g} {costs.unit})")
-        if target < lo:
-            raise ValueError(f"target_latency {target:.4g} {costs.unit} is below the space's fastest arch "
-                             f"({lo:.4g} {costs.unit}; slowest {hi:.4g}): pick a target inside that range")
-        if loss_type == "mul" and (target <= 1 or lo <= 1):
-            raise ValueError(f"loss_type='mul' uses log E[LAT] / log T, which needs costs above 1 {costs.unit}; the "
-                             f"space's range is {lo:.4g} to {hi:.4g}: use loss_type='add' or a larger unit")
-        self._target = target
+        self._target = cost_target(lo, hi, costs.unit, target, hp.target_fraction, loss_type)
         return costs
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.space(x)
-
     # --- arch distribution ----------------------------------------------------------------
+    def distribution(self) -> nn.ParameterList:
+        return self.arch_logits
+
     def _logits(self) -> dict[str, nn.Parameter]:
         return dict(zip(self._names, self.arch_logits))
-
-    def arch_probabilities(self) -> dict[str, dict[Any, float]]:
-        """``{decision: {value: probability}}`` under ``softmax(α)``."""
-        out = {}
-        for name, alpha in self._logits().items():
-            probs = torch.softmax(alpha.detach().double().cpu(), 0).tolist()
-            out[name] = dict(zip(self._decisions[name], probs))
-        return out
 
     def best_arch(self) -> Arch:
         """The most probable arch: the argmax of ``α`` per decision."""
@@ -265,7 +212,10 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         return self.current_epoch >= self.hparams.warmup_epochs + self.hparams.arch_delay_epochs
 
     def sample_path(self, generator: torch.Generator) -> Arch | None:
-        """A path drawn from ``softmax(α)`` with ``generator`` (same on every rank); ``None`` in the warm-up."""
+        """A path drawn from ``softmax(α)`` with ``generator`` (same on every rank); ``None`` in the warm-up.
+
+        The :mod:`~lightning_nas.strategies.path_policy` method: ``PathSampling`` calls it before every batch.
+        """
         if not self.searching:
             return None  # PathSampling then draws a uniform path
         out = {}
@@ -276,22 +226,12 @@ class ProxylessModule(FixedPathValidation, LightningModule):
 
     # --- training -------------------------------------------------------------------------
     @override
-    def on_fit_start(self) -> None:
-        self._own_sampling = not any(isinstance(cb, PathSampling) for cb in self.trainer.callbacks)
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not callable(getattr(datamodule, "val_dataloader", None)):
-            raise ValueError("ProxylessModule takes its arch batches from the held-out validation split: fit it "
-                             "with a LightningDataModule that has val_dataloader() (trainer.fit(model, datamodule=dm))")
-
-    @override
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._own_sampling:  # without PathSampling the module draws its own path, seeded the same way
-            gen = step_generator(self.hparams.seed, self.trainer.fit_loop.total_batch_idx)
-            self.space.activate(self.sample_path(gen) or self.space.sample(gen), validate=False)
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        self._held_out.start_epoch(self.current_epoch)
+    def configure_callbacks(self) -> list[Callback]:
+        """A ``PathSampling(seed=seed)`` when the trainer has none: it activates each batch's path."""
+        trainer = self._trainer
+        if trainer is not None and any(isinstance(cb, PathSampling) for cb in trainer.callbacks):
+            return []
+        return [PathSampling(seed=self.hparams.seed)]
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -301,7 +241,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         w_opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        for p in inactive_parameters(self.space, self._inactive_cache):
+        for p in inactive_parameters(self.space.choice_modules(), self._inactive_cache):
             p.grad = None  # candidates that did not run get no momentum or weight-decay update
         w_opt.step()
         self.lr_schedulers().step()
@@ -311,34 +251,25 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             self._arch_step()
 
     def _arch_step(self) -> None:
-        previous = self.space.active_arch
-        x, y = self._held_out.next(self)
-        gen = step_generator(self.hparams.seed + 1, self.trainer.fit_loop.total_batch_idx)
-        optimizer = self.optimizers()[1].optimizer
-        optimizer.zero_grad(set_to_none=True)
-        samples: dict[str, Any] = {}
-        if self.hparams.arch_estimator == "reinforce":
-            loss, logs = self._reinforce_loss(x, y, gen)
-        else:
-            loss, logs, samples = self._gate_loss(x, y, gen)
-        self.manual_backward(loss)
-        for p in self.space.parameters():
-            p.grad = None  # an arch step never updates weights
-        logits = self._logits()
-        skipped = {n for n, s in samples.items() if self._decisions[n][s.active] == ZERO}
-        for name in skipped:
-            logits[name].grad = None  # official: a sampled zero op gives its α no update
-        old = {n: logits[n].detach()[list(s.involved)].clone() for n, s in samples.items()}
-        # through the strategy, not LightningOptimizer.step: global_step keeps counting weight steps only
-        self.trainer.strategy.optimizer_step(optimizer, closure=_no_closure, model=self)
-        if self.hparams.arch_estimator == "two_path":
+        with self.held_out_step() as ((x, y), gen):
+            samples: dict[str, Any] = {}
+            if self.hparams.arch_estimator == "reinforce":
+                loss, logs = self._reinforce_loss(x, y, gen)
+            else:
+                loss, logs, samples = self._gate_loss(x, y, gen)
+            self.manual_backward(loss)
+            for p in self.space.parameters():
+                p.grad = None  # an arch step never updates weights
+            logits = self._logits()
+            skipped = {n for n, s in samples.items() if self._decisions[n][s.active] == ZERO}
+            for name in skipped:
+                logits[name].grad = None  # official: a sampled zero op gives its α no update
+            old = {n: logits[n].detach()[list(s.involved)].clone() for n, s in samples.items()}
+        if self.hparams.arch_estimator == "two_path":  # after the step
             for name, sample in samples.items():
                 if name not in skipped and len(sample.involved) > 1:
                     rescale_logits_(logits[name], sample.involved, old[name])
-        self.arch_steps += 1
         self.last_samples = samples
-        if previous is not None:
-            self.space.activate(previous, validate=False)
         self.log_dict({"arch/loss": loss.detach(), **logs}, batch_size=len(y))
 
     def _gate_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Any], dict]:
@@ -377,8 +308,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         counts = torch.stack(correct)
         total = torch.tensor(float(len(y)), device=counts.device)
         # each rank scores its own shard of the arch batch: summing makes the rewards identical on all ranks
-        reduce = self.trainer.strategy.reduce
-        acc = reduce(counts, reduce_op="sum") / reduce(total, reduce_op="sum")
+        acc = self.global_sum(counts) / self.global_sum(total)
         cost = torch.tensor(costs, device=acc.device) if costs else None
         rewards = reinforce_rewards(acc, cost, hp.target_latency, hp.reward_exponent)
         baseline = update_baseline(float(self.reinforce_baseline), float(rewards.mean()), hp.baseline_decay)
@@ -398,8 +328,7 @@ class ProxylessModule(FixedPathValidation, LightningModule):
         arch = torch.optim.Adam(self.arch_logits.parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas),
                                 eps=hp.arch_eps, weight_decay=0.0)
         total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warm = int(min(hp.warmup_epochs, epochs) * total / epochs) if hp.warmup_lr is not None else 0
+        warm = self.epochs_to_steps(min(hp.warmup_epochs, self.fit_epochs())) if hp.warmup_lr is not None else 0
         ratio = hp.warmup_lr / hp.lr if hp.warmup_lr is not None else 1.0
         schedule = torch.optim.lr_scheduler.LambdaLR(weights, ProxylessSchedule(total, warm, ratio))
         return [weights, arch], [{"scheduler": schedule, "interval": "step"}]
@@ -426,39 +355,5 @@ class ProxylessModule(FixedPathValidation, LightningModule):
             meta["measured_on"] = {"device": device, "batch_size": batch}
         self.best_arch_path = publish_arch(arch, self.space, run_folder(root, "proxyless"), root, **meta)
 
-    # --- checkpoints ----------------------------------------------------------------------
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
-        held = self._held_out.state_dict()
-        checkpoint["proxyless"] = {"arch_epoch": held["epoch"], "arch_batches": held["consumed"],
-                                   "arch_steps": self.arch_steps}
 
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_space_checkpoint(self.space, checkpoint)
-        state = checkpoint.get("proxyless", {})
-        self._held_out.load_state_dict({"epoch": state.get("arch_epoch", -1),
-                                        "consumed": state.get("arch_batches", 0)})
-        self.arch_steps = int(state.get("arch_steps", 0))
-
-
-def _no_closure() -> None:
-    return None
-
-
-def table_path(template: str, device: str | None, batch_size: int) -> str:
-    """``template`` with ``{device}`` and ``{batch_size}`` filled in.
-
-    Raises:
-        PrerequisiteError: another field, or ``{device}`` without a ``latency_device``.
-    """
-    fields: dict[str, Any] = {"batch_size": batch_size, **({"device": device} if device else {})}
-    try:
-        return template.format_map(fields)
-    except (KeyError, IndexError, ValueError) as err:
-        raise PrerequisiteError(f"latency_table {template!r} has a field this module cannot fill ({err}): use "
-                                "{device} (with latency_device set) and {batch_size} only") from None
-
-
-__all__ = ["ProxylessModule", "ProxylessSchedule", "table_path"]
+__all__ = ["ProxylessModule", "ProxylessSchedule"]

@@ -13,20 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
-from lightning_nas.errors import PrerequisiteError
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
-from lightning_nas.modules.single_path import FixedPathValidation
+from lightning_nas.modules.supernet import SupernetModule
+from lightning_nas.nn import inactive_parameters
 from lightning_nas.seeding import step_generator
 from lightning_nas.spaces.base import SearchSpace
-from lightning_nas.strategies.binary_gates import inactive_parameters
 
 
-class SPOSModule(FixedPathValidation, LightningModule):
+class SPOSModule(SupernetModule):
     """Train a supernet one uniformly sampled path at a time.
 
     Args:
@@ -43,15 +41,9 @@ class SPOSModule(FixedPathValidation, LightningModule):
     def __init__(self, space: SearchSpace, lr: float = 0.5, momentum: float = 0.9, weight_decay: float = 4e-5,
                  lr_decay: str = "linear", warmup_epochs: float = 0.0, label_smoothing: float = 0.1,
                  val_seed: int = 12345) -> None:
-        super().__init__()
-        if not isinstance(space, SearchSpace):
-            raise TypeError(f"SPOSModule needs a lightning_nas SearchSpace, got {type(space).__name__}")
+        super().__init__(space)
         self.save_hyperparameters(ignore=["space"])
-        self.space = space
         self._inactive_cache: dict[tuple[int, int], list[nn.Parameter]] = {}
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.space(x)
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -64,7 +56,7 @@ class SPOSModule(FixedPathValidation, LightningModule):
 
     def inactive_parameters(self) -> list[nn.Parameter]:
         """Parameters of the candidates the active path does not run."""
-        return inactive_parameters(self.space, self._inactive_cache)
+        return inactive_parameters(self.space.choice_modules(), self._inactive_cache)
 
     @override
     def on_after_backward(self) -> None:
@@ -83,33 +75,8 @@ class SPOSModule(FixedPathValidation, LightningModule):
         optimizer = build_optimizer(split_decay(self.space, hp.weight_decay, conv_linear_only=True), "sgd", hp.lr,
                                     hp.momentum)
         total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        schedule = warmup_schedule(optimizer, total, int(hp.warmup_epochs * total / epochs), hp.lr_decay)
+        schedule = warmup_schedule(optimizer, total, self.epochs_to_steps(hp.warmup_epochs), hp.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    # --- checkpoints ----------------------------------------------------------------------
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["space"] = {"name": self.space.space_name, "fingerprint": self.space.fingerprint()}
 
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_space_checkpoint(self.space, checkpoint)
-
-
-def check_space_checkpoint(space: SearchSpace, checkpoint: dict[str, Any]) -> None:
-    """Refuse a checkpoint of another space before any weights are loaded.
-
-    Raises:
-        PrerequisiteError: naming both spaces (a ``ValueError``).
-    """
-    saved = checkpoint.get("space")
-    if saved and saved.get("fingerprint") is not None and saved.get("fingerprint") != space.fingerprint():
-        raise PrerequisiteError(
-            f"checkpoint was saved from space {saved.get('name')} (fingerprint {saved.get('fingerprint')}), but "
-            f"this model's space is {space.space_name} (fingerprint {space.fingerprint()}); load it with the same "
-            "space settings (recipe) it was trained with."
-        )
-
-
-__all__ = ["SPOSModule", "check_space_checkpoint"]
+__all__ = ["SPOSModule"]

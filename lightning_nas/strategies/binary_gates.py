@@ -35,11 +35,9 @@ from lightning_nas.nn.layer_choice import LayerChoice
 __all__ = [
     "ZERO",
     "BinaryGates",
-    "CandidateCosts",
     "GateSample",
     "choices_by_decision",
     "gate_values",
-    "inactive_parameters",
     "latency_loss",
     "rescale_logits_",
     "reinforce_rewards",
@@ -141,7 +139,7 @@ class BinaryGates:
         for name, sample in self.samples.items():
             gates = gate_values(self.logits[name], sample)
             for choice in self.choices[name]:
-                choice.set_active(choice.keys[sample.active])
+                choice.active_index = sample.active
                 self._handles.append(choice.register_forward_hook(self._hook(sample, gates)))
         return self
 
@@ -157,7 +155,7 @@ class BinaryGates:
             for pos, j in enumerate(sample.involved):
                 if j != sample.active:
                     with torch.no_grad():
-                        other = module._modules_list[j](args[0])
+                        other = module.candidate(j)(args[0])
                     out = out + gates[pos] * other
             return out
 
@@ -171,87 +169,6 @@ def rescale_logits_(alpha: Tensor, involved: Sequence[int], old: Tensor) -> None
         new = alpha.index_select(0, index)
         offset = torch.logsumexp(new, 0) - torch.logsumexp(old.to(new.device), 0)
         alpha.index_copy_(0, index, new - offset)
-
-
-def inactive_parameters(space: nn.Module, cache: dict[tuple[int, int], list[nn.Parameter]]) -> list[nn.Parameter]:
-    """Parameters of the ``LayerChoice`` candidates the active path does not run (``cache`` is reused)."""
-    out: list[nn.Parameter] = []
-    for choice in space.choice_modules():
-        if isinstance(choice, LayerChoice) and not isinstance(choice._index, Tensor):
-            key = (id(choice), choice._index)
-            if key not in cache:
-                active = {id(p) for p in choice._modules_list[choice._index].parameters()}
-                cache[key] = [p for p in choice.parameters() if id(p) not in active]
-            out.extend(cache[key])
-    return out
-
-
-class CandidateCosts:
-    """Per-candidate costs of every decision, for an expected cost that is differentiable in ``α``.
-
-    ``E[cost] = fixed + Σ_d Σ_j p_dj · cost_dj``: exact for cost models additive over units with one
-    decision each (a MobileNet block). Built once from a :class:`~lightning_nas.cost.LatencyTable` (ms)
-    or from the MACs tables.
-
-    Args:
-        fixed: the cost outside the decisions' units.
-        costs: ``{decision: [cost of each value, in the decision's order]}``.
-        unit: ``"ms"`` or ``"MACs"``.
-    """
-
-    def __init__(self, fixed: float, costs: Mapping[str, Sequence[float]], unit: str) -> None:
-        self.fixed, self.unit = float(fixed), unit
-        self.costs = {k: [float(c) for c in v] for k, v in costs.items()}
-        self._tensors: dict[tuple[str, str], Tensor] = {}
-
-    @classmethod
-    def from_latency_table(cls, table: Any, decisions: Mapping[str, Sequence[Any]]) -> CandidateCosts:
-        costs = {}
-        for name, values in decisions.items():
-            per_value = table.candidate_ms(name)
-            if per_value is None:
-                raise ValueError(f"latency table has no unit whose only decision is {name!r}; ProxylessNAS's "
-                                 "expected latency needs one decision per unit (rebuild the table for this space)")
-            costs[name] = [per_value[v] for v in values]
-        covered = sum(1 for u in table.units if len(u["keys"]) == 1 and u["keys"][0] in decisions)
-        if covered != len(table.units):
-            raise ValueError("latency table has units outside this space's decisions; rebuild it for this space")
-        return cls(table.fixed_ms, costs, "ms")
-
-    @classmethod
-    def from_macs(cls, space: Any, decisions: Mapping[str, Sequence[Any]]) -> CandidateCosts:
-        from lightning_nas.cost import cost_table
-
-        table = cost_table(space)
-        costs: dict[str, list[float]] = {}
-        for (name, _, keys), unit_table in zip(table.units, table.tables):
-            if len(keys) != 1 or keys[0] not in decisions:
-                raise ValueError(f"cost unit {name!r} has decisions {keys}; ProxylessNAS's expected cost needs "
-                                 "exactly one op decision per unit")
-            costs[keys[0]] = [unit_table[(v,)].macs for v in decisions[keys[0]]]
-        missing = [k for k in decisions if k not in costs]
-        if missing:
-            raise ValueError(f"decisions {missing[:4]} lie in no cost unit of {space.space_name}")
-        return cls(table.fixed.macs, costs, "MACs")
-
-    def tensor(self, name: str, device: torch.device) -> Tensor:
-        """The cost vector of decision ``name`` on ``device`` (cached)."""
-        key = (name, str(device))
-        if key not in self._tensors:
-            self._tensors[key] = torch.tensor(self.costs[name], dtype=torch.float32, device=device)
-        return self._tensors[key]
-
-    def expected(self, probs: Mapping[str, tuple[Tensor, Sequence[int]]]) -> Tensor:
-        """``fixed + Σ_d Σ_{j∈S_d} p_dj cost_dj`` for ``{decision: (probabilities over S_d, S_d)}``."""
-        total: Tensor | float = self.fixed
-        for name, (p, index) in probs.items():
-            costs = self.tensor(name, p.device)[torch.tensor(list(index), device=p.device)]
-            total = total + (p * costs).sum()
-        return total if isinstance(total, Tensor) else torch.tensor(total)
-
-    def of(self, arch: Mapping[str, Any], decisions: Mapping[str, Sequence[Any]]) -> float:
-        """The cost of one arch (a sum of lookups)."""
-        return self.fixed + sum(self.costs[k][list(decisions[k]).index(arch[k])] for k in self.costs)
 
 
 def latency_loss(ce: Tensor, expected: Tensor, target: float, loss_type: str, alpha: float, beta: float,

@@ -146,7 +146,7 @@ def test_prior_concentrates_on_the_op_that_fits(tmp_path):
     model = PARSECModule(ToySpace(), K=4, lr=0.0, lr_min=0.0, prior_lr=0.2, prior_weight_decay=0.0, seed=1)
     fit(model, ToyData(), tmp_path, epochs=6)
     probs = model.arch_probabilities()
-    assert model.prior_steps == 18
+    assert model.arch_steps == 18
     for name in ("block0.op", "block1.op"):
         assert probs[name]["keep"] > 0.8 and probs[name]["zero"] < 0.05
     assert model.argmax_arch() == {"block0.op": "keep", "block1.op": "keep"}
@@ -221,13 +221,13 @@ def test_resume_continues_the_prior(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     fit(first, data, tmp_path / "b", epochs=3, callbacks=[StopAfter(2), ckpt], enable_checkpointing=True)
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
-    assert state["parsec"]["prior_steps"] == first.prior_steps > 0
+    assert state["parsec"]["arch_steps"] == first.arch_steps > 0
     resumed = PARSECModule(ToySpace(), K=3, prior_lr=0.05, prior_update_every=2, seed=4)
     trainer = Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path / "c",
                       enable_checkpointing=False)
     trainer.fit(resumed, datamodule=data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
-    assert resumed.prior_steps == straight.prior_steps
+    assert resumed.arch_steps == straight.arch_steps
     for a, b in itertools.chain(zip(straight.prior_logits, resumed.prior_logits),
                                 zip(straight.space.parameters(), resumed.space.parameters())):
         assert torch.equal(a, b)
@@ -249,9 +249,9 @@ class CompareRanks(Callback):
         for value in (drawn, prior, weights):
             gathered = pl_module.all_gather(value)
             assert torch.equal(gathered[0], gathered[1])
-        assert pl_module.prior_steps > 0 and prior.abs().sum() > 0
+        assert pl_module.arch_steps > 0 and prior.abs().sum() > 0
         if trainer.is_global_zero:
-            Path(self.out).write_text(json.dumps({"prior_steps": pl_module.prior_steps}))
+            Path(self.out).write_text(json.dumps({"arch_steps": pl_module.arch_steps}))
 
 
 @pytest.mark.slow
@@ -260,4 +260,4 @@ def test_ddp_ranks_draw_the_same_archs_and_keep_identical_prior_and_weights(tmp_
     out = tmp_path / "ranks.json"
     fit(model, ToyData(n=16, batch_size=4), tmp_path, epochs=1, devices=2,
         strategy="ddp_spawn_find_unused_parameters_true", callbacks=[CompareRanks(str(out))])
-    assert json.loads(out.read_text())["prior_steps"] == 2
+    assert json.loads(out.read_text())["arch_steps"] == 2

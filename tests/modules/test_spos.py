@@ -10,10 +10,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_nas.callbacks import PathSampling
-from lightning_nas.cost import cost_of
 from lightning_nas.modules import SPOSModule
 from tests.helpers.tiny_space import TinyDataModule, TinySpace
 
@@ -85,38 +83,6 @@ def test_resumed_run_continues_the_same_paths(tmp_path: Path) -> None:
     _trainer(tmp_path, [PathSampling(seed=1), resumed], max_epochs=2, limit_val_batches=0).fit(
         SPOSModule(TinySpace(), lr=0.05), TinyDataModule(batch_size=16), ckpt_path=str(tmp_path / "ckpt/last.ckpt"))
     assert resumed.paths == full.paths[len(full.paths) - len(resumed.paths):] and resumed.paths
-
-
-def test_constrained_sampling_stays_in_the_bins(monkeypatch: pytest.MonkeyPatch) -> None:
-    space = TinySpace()
-    sampler = PathSampling(seed=0, mode="constrained", cost_min=15_000, cost_max=25_000, bins=2)
-
-    class _M:
-        pass
-
-    module = _M()
-    module.space = space
-    sampler.setup(None, module, "fit")  # type: ignore[arg-type]
-    costs = [cost_of(space, sampler.sample(module, step), "macs") for step in range(40)]  # type: ignore[arg-type]
-    assert sampler.fallbacks == 0
-    assert all(15_000 <= c <= 25_000 for c in costs)
-
-
-def test_constrained_bins_outside_the_space_are_refused() -> None:
-    class _M:
-        pass
-
-    module = _M()
-    module.space = TinySpace()
-    with pytest.raises(ValueError, match="miss the space's range"):
-        PathSampling(mode="constrained", cost_min=1e12, cost_max=2e12).setup(None, module, "fit")  # type: ignore
-
-
-def test_path_sampling_needs_a_space() -> None:
-    from lightning.pytorch.demos.boring_classes import BoringModel
-
-    with pytest.raises(MisconfigurationException, match="PathSampling needs a module with a `space`"):
-        PathSampling().setup(None, BoringModel(), "fit")  # type: ignore[arg-type]
 
 
 def test_checkpoint_of_another_space_is_refused(tmp_path: Path) -> None:
