@@ -84,12 +84,12 @@ class PadCropFlip:
         self._norm: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def params(self, seeds: Sequence[int]) -> Tensor:
-        """``(B, 3)`` int64: each sample's ``(dy, dx, flipped)``."""
-        span, rows = 2 * self.padding + 1, []
+        """``(B, 3)`` int64: each sample's ``(dy, dx, flipped)``, from one SplitMix64 hash of its seed (the high
+        32 bits scaled to ``dy``, the low 32 bits to ``dx``, the lowest bit the flip: about 4 µs per sample)."""
+        span, flip, rows = 2 * self.padding + 1, int(self.flip), []
         for seed in seeds:
-            u = uniforms(seed, 3)
-            rows.append((min(int(u[0] * span), span - 1), min(int(u[1] * span), span - 1),
-                         int(self.flip and u[2] < 0.5)))
+            z = _splitmix64((int(seed) + 0x9E3779B97F4A7C15) & _M64)
+            rows.append(((z >> 32) * span >> 32, (z & 0xFFFFFFFF) * span >> 32, z & flip))
         return torch.tensor(rows, dtype=torch.int64).view(-1, 3)
 
     def apply(self, images: Tensor, params: Tensor) -> Tensor:

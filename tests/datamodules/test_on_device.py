@@ -98,6 +98,8 @@ def test_augmentation_parameters_vary_and_are_a_function_of_the_seed_only() -> N
     assert torch.equal(torch.get_rng_state(), state)  # ... and the torch RNG is not read
     assert set(params[:, 0].tolist()) == set(range(9)) == set(params[:, 1].tolist())
     assert 0.4 < params[:, 2].float().mean() < 0.6
+    many = aug.params(range(10_000)).double()  # dy, dx and flip independent of each other
+    assert (torch.corrcoef(many.T) - torch.eye(3)).abs().max() < 0.05
     assert not torch.equal(params, aug.params(range(500, 1000)))
     # consecutive seeds (the sampler's seeds of consecutive indices) are not correlated
     u = torch.tensor([uniforms(s, 1)[0] for s in range(2000)])
