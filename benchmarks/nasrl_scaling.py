@@ -32,9 +32,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from benchmarks._spos_digits import quiet
 from benchmarks.common import Bench, ratios, spread
-from lightning_nas.callbacks import ControllerUpdate
 from lightning_nas.datamodules import DigitsDataModule
 from lightning_nas.modules import NASRLModule
+from lightning_nas.modules.nasrl_data import NASRLData
 from lightning_nas.spaces import LayerTokenSpace
 
 BATCH = 64
@@ -63,14 +63,14 @@ def search(devices: int, cfg: dict[str, Any], seed: int) -> dict[str, float]:
                              controller_steps=cfg["steps"], children_per_step=cfg["children"], seed=seed,
                              child_epochs=1, child_train_batches=cfg["train_batches"],
                              child_val_batches=cfg["val_batches"], reward_last_k=1, child_lr=0.05,
-                             child_progress=False)
+                             child_progress=False, baseline_decay=0.9)
         data = DigitsDataModule(batch_size=BATCH, seed=42)
         start = time.perf_counter()
         trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                           max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, default_root_dir=folder,
-                          callbacks=[ControllerUpdate(baseline_decay=0.9), LoopTimer(folder)])
-        trainer.fit(module, datamodule=data)
+                          callbacks=[LoopTimer(folder)])
+        trainer.fit(module, datamodule=NASRLData(data))
         took = time.perf_counter() - start
         docs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("rank*.json"))]
     rank0 = docs[0]

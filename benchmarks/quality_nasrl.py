@@ -6,7 +6,7 @@ Per seed ``s`` (the regime of ``benchmarks.quality_common``: digits at 16 px, it
    (the digits recipe's space, skip connections searched) for ``steps`` controller steps of ``children``
    children, each trained from scratch by the module's own child loop on the regime's training split for
    ``child_epochs`` epochs and rewarded with (its best validation accuracy of the last ``reward_last_k``
-   epochs)³; REINFORCE with an EMA baseline (``ControllerUpdate``).
+   epochs)³; REINFORCE with an EMA baseline (``NASRLModule.update_controller``).
 2. **Random**: ``N`` archs drawn uniformly (``space.sample``), each trained and scored by the same
    ``NASRLModule.train_child`` (same data, epochs, optimiser, reward) after the search.
 3. **Choice**: the child with the highest reward among the controller's last ``N`` children (its last
@@ -46,8 +46,9 @@ from benchmarks.quality_common import (
     regime_from_args,
     standalone_runs,
 )
-from lightning_nas.callbacks import ControllerUpdate
+from lightning_nas.callbacks import ChildRecorder
 from lightning_nas.modules import NASRLModule
+from lightning_nas.modules.nasrl_data import NASRLData
 from lightning_nas.spaces import LayerTokenSpace
 
 SPACE = {"num_layers": 3, "num_filters": [8, 12, 16, 24], "strides": [1, 2]}
@@ -73,10 +74,11 @@ def search(splits: Splits, regime: Regime, cfg: dict[str, Any], seed: int) -> tu
     module = NASRLModule(make_space(splits), controller_steps=cfg["steps"], children_per_step=cfg["children"],
                          seed=seed, lr=cfg["controller_lr"], child_epochs=cfg["child_epochs"],
                          reward_last_k=cfg["reward_last_k"], child_lr=regime.lr, child_momentum=regime.momentum,
-                         child_weight_decay=regime.weight_decay, child_progress=False)
+                         child_weight_decay=regime.weight_decay, child_progress=False,
+                         baseline_decay=cfg["baseline_decay"], entropy_weight=cfg["entropy_weight"])
     children: list[dict] = []
 
-    class Recorder(ControllerUpdate):
+    class Recorder(ChildRecorder):
         def record(self, trainer: Trainer, pl_module: Any, batch: Any) -> None:
             super().record(trainer, pl_module, batch)
             children.extend(batch)
@@ -84,9 +86,8 @@ def search(splits: Splits, regime: Regime, cfg: dict[str, Any], seed: int) -> tu
     with tempfile.TemporaryDirectory(prefix="quality_nasrl_") as folder:
         trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder,
-                          callbacks=[Recorder(baseline_decay=cfg["baseline_decay"],
-                                              entropy_weight=cfg["entropy_weight"], dirpath=folder)])
-        trainer.fit(module, datamodule=QualityData(splits, regime.batch_size, seed=seed))
+                          callbacks=[Recorder(dirpath=folder)])
+        trainer.fit(module, datamodule=NASRLData(QualityData(splits, regime.batch_size, seed=seed)))
     return module, children
 
 

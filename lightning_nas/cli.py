@@ -29,6 +29,8 @@ from lightning_nas.checkpoints import (
     load_checkpoint_safely,
 )
 from lightning_nas.errors import find_user_error
+from lightning_nas.modules.nasrl import NASRLModule
+from lightning_nas.modules.nasrl_data import NASRLData
 from lightning_nas.search.interrupt import SearchInterrupted
 
 LINKED_FROM_DATA = ("num_classes", "input_size")
@@ -172,6 +174,11 @@ class LightningNASCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.check_inputs()
+        # NAS-RL's training steps are controller steps, not batches: Lightning iterates NASRLData's steps and the
+        # recipe's datamodule feeds the children (`trainer.fit` receives `self.datamodule`)
+        data = self.datamodule
+        if isinstance(self.model, NASRLModule) and data is not None and not isinstance(data, NASRLData):
+            self.datamodule = NASRLData(data)
 
     def before_validate(self) -> None:
         self.check_inputs()

@@ -3,14 +3,24 @@
 Zoph & Le, "Neural Architecture Search with Reinforcement Learning", ICLR 2017,
 https://arxiv.org/abs/1611.01578 (no official code).
 
-One Lightning training step is one controller step: the LSTM controller samples
-``children_per_step`` archs, each child is built and trained from scratch on the datamodule's training
-split in a nested plain-PyTorch loop, scored on its held-out validation split, and the rewards drive
-one REINFORCE update (:class:`~lightning_nas.callbacks.ControllerUpdate`). Lightning's loop runs over a
-dummy dataloader of ``controller_steps`` items per epoch (the module points the fit loop at it in
-``setup``; the datamodule's loaders feed the children), so ``max_epochs``, ``max_steps``, checkpoints,
-resuming and loggers all count controller steps. The controller is the only set of parameters
-Lightning optimizes (manual optimization); children are local to the step, never submodules.
+One Lightning training step is one controller step: the LSTM controller samples ``children_per_step`` archs,
+each child is built and trained from scratch on the children's training split in a nested plain-PyTorch loop,
+scored on their held-out validation split, and the rewards drive one REINFORCE update of the controller
+(:meth:`NASRLModule.update_controller`: an EMA baseline, Adam through Lightning's manual optimization, so the
+module that owns the optimizer steps it). The controller is the only set of parameters Lightning optimizes;
+children are local to the step, never submodules.
+
+Where the data comes from: Lightning iterates the training loader of the datamodule it is given, and a NAS-RL
+step is not a batch. So the module is fitted with :class:`~lightning_nas.modules.nasrl_data.NASRLData`, a
+datamodule whose ``train_dataloader`` serves ``controller_steps`` placeholder items per epoch and which holds the
+children's datamodule as ``.data``; the module reads that one only through its public ``train_dataloader`` /
+``val_dataloader``. Lightning's own counters then count controller steps (``max_epochs``, ``max_steps``,
+checkpoints, resuming, loggers) and no loop internals are touched. ``lightning-nas fit`` does the wrapping, so a
+recipe's ``data:`` names the children's datamodule as for any method. (Serving the steps from the module's own
+``train_dataloader`` would need ``trainer.fit(module)`` without a datamodule; LightningCLI passes ``datamodule=``.)
+
+The children and their rewards are written out by :class:`~lightning_nas.callbacks.ChildRecorder` (added
+when the trainer has none): ``children.jsonl``, the top-k table and ``best_arch.json``.
 
 Under DDP, rank ``r`` trains children ``r, r+W, ...`` of the step; the archs come from a generator
 seeded by ``(seed, step)``, identical on every rank, so nothing is broadcast; the rewards are
@@ -20,19 +30,21 @@ all-gathered and every rank applies the same update.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
-from lightning_nas.callbacks.controller_update import ControllerUpdate
+from lightning_nas.callbacks.child_recorder import ChildRecorder
 from lightning_nas.controllers.lstm import LSTMController
+from lightning_nas.errors import ConfigError
+from lightning_nas.modules.nasrl_data import NASRLData
 from lightning_nas.seeding import mix_seed, step_generator
 
 __all__ = ["NASRLModule"]
@@ -43,21 +55,10 @@ TASK_DEFAULTS = {  # the children's optimiser and reward: (max acc)^3 for images
 }
 
 
-class ControllerSteps(IterableDataset):
-    """``n`` placeholder items: one per controller step (iterable, so DDP adds no sampler: every rank steps)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __iter__(self) -> Any:
-        return iter(range(self.n))
-
-    def __len__(self) -> int:
-        return self.n
-
-
 class NASRLModule(LightningModule):
     """Search with an LSTM controller that emits children trained from scratch.
+
+    Fit it with its data wrapped: ``trainer.fit(module, datamodule=NASRLData(datamodule))``.
 
     Args:
         space: ``LayerTokenSpace`` (CNN children) or ``RNNCellSpace`` (language-model children).
@@ -70,6 +71,8 @@ class NASRLModule(LightningModule):
         tanh_constant: ENAS logit shaping constant (ENAS macro: 1.5); ``None``: plain logits.
         temperature: controller softmax temperature.
         lr: controller Adam learning rate (paper: 6e-4).
+        baseline_decay: decay of the REINFORCE moving-average baseline (ENAS: 0.99).
+        entropy_weight: weight of the controller's entropy bonus (ENAS: 1e-4; the paper: none).
         depth_start: layers of the first children (default: the space's ``num_layers``; paper: 6).
         depth_increment: layers added by the depth schedule (paper: 2).
         depth_every: children between depth increments (paper: 1,600).
@@ -91,7 +94,8 @@ class NASRLModule(LightningModule):
     def __init__(
         self, space: nn.Module, controller_steps: int = 100, children_per_step: int = 8, seed: int = 0,
         hidden_size: int = 35, num_layers: int = 2, init_range: float = 0.08, tanh_constant: float | None = None,
-        temperature: float | None = None, lr: float = 6e-4, depth_start: int | None = None, depth_increment: int = 2,
+        temperature: float | None = None, lr: float = 6e-4, baseline_decay: float = 0.99,
+        entropy_weight: float = 0.0, depth_start: int | None = None, depth_increment: int = 2,
         depth_every: int = 1600, max_depth: int | None = None, child_epochs: int = 50, child_lr: float | None = None,
         child_momentum: float | None = None, child_weight_decay: float | None = None,
         child_grad_clip: float | None = None, child_train_batches: int | None = None,
@@ -105,6 +109,8 @@ class NASRLModule(LightningModule):
         if min(controller_steps, children_per_step, child_epochs, reward_last_k, depth_every) < 1:
             raise ValueError("controller_steps, children_per_step, child_epochs, reward_last_k and depth_every "
                              "must be at least 1")
+        if not 0.0 <= baseline_decay < 1.0:
+            raise ValueError(f"baseline_decay must lie in [0, 1), got {baseline_decay}")
         start = depth_start or getattr(space, "num_layers", None)
         if max_depth is not None and start is not None and (max_depth < start or depth_increment < 0):
             raise ValueError(f"NASRLModule's depth schedule needs max_depth >= the starting depth ({start}) and "
@@ -121,49 +127,33 @@ class NASRLModule(LightningModule):
         given = {"lr": child_lr, "momentum": child_momentum, "weight_decay": child_weight_decay,
                  "grad_clip": child_grad_clip, "exponent": reward_exponent}
         self.child_config = {k: defaults[k] if v is None else v for k, v in given.items()}
-        self.last_children: list[dict[str, Any]] = []
+        self.baseline: float | None = None  # REINFORCE's moving average of the mean reward (in checkpoints)
+        self.best_reward = float("nan")  # the best child's reward so far (in checkpoints)
+        self.last_children: list[dict[str, Any]] = []  # the last step's children, for ChildRecorder
         self._child_data: Any = None
-        self._updater: ControllerUpdate | None = None
 
     # --- Lightning wiring -------------------------------------------------------------------
     @override
     def configure_callbacks(self) -> list[Any]:
-        trainer = self._trainer
-        if trainer is not None and any(isinstance(cb, ControllerUpdate) for cb in trainer.callbacks):
+        # Lightning replaces a trainer callback by a module's of the same type: keep a recipe's own recorder
+        if any(isinstance(cb, ChildRecorder) for cb in self.trainer.callbacks):
             return []
-        return [ControllerUpdate()]
+        return [ChildRecorder()]
 
     @override
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
         data = self.trainer.datamodule
-        if data is None or not hasattr(data, "val_dataloader"):
-            raise ValueError("NASRLModule trains its children on a datamodule's train split and scores them on its "
-                             "val split: call trainer.fit(module, datamodule=...) (recipes: the `data` section).")
-        self._child_data = data
+        if not isinstance(data, NASRLData):
+            given = "no datamodule" if data is None else type(data).__name__
+            raise ConfigError(
+                f"NASRLModule is fitted with NASRLData around the children's datamodule, got {given}: call "
+                "trainer.fit(module, datamodule=NASRLData(datamodule)) (lightning-nas fit does it for a recipe's "
+                "`data:` section).")
+        self._child_data = data.data
         if getattr(data, "num_classes", None):
             self.space.num_classes = int(data.num_classes)
-        # The datamodule's loaders feed the children; the fit loop iterates controller steps instead. Lightning
-        # has no public switch for "the module's train_dataloader although a datamodule is attached", so this
-        # points the fit loop's data source at the module, as Lightning's own BatchSizeFinder reads it.
-        source = getattr(self.trainer.fit_loop, "_data_source", None)
-        if source is None or not hasattr(source, "instance"):
-            import lightning
-
-            raise RuntimeError(f"NASRLModule cannot redirect the fit loop of lightning {lightning.__version__} to its "
-                               "controller steps (fit_loop._data_source changed); install lightning>=2.2,<3")
-        source.instance = self
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(ControllerSteps(self.hparams.controller_steps), batch_size=None)
-
-    @override
-    def on_fit_start(self) -> None:
-        self._updater = next((cb for cb in self.trainer.callbacks if isinstance(cb, ControllerUpdate)), None)
-        if self._updater is None:
-            raise RuntimeError("NASRLModule needs a ControllerUpdate callback in trainer.callbacks")
 
     @override
     def configure_optimizers(self) -> Any:
@@ -189,9 +179,39 @@ class NASRLModule(LightningModule):
         with torch.no_grad():
             return [self.controller.sample(program, gen).arch for _ in range(n or self.hparams.children_per_step)]
 
+    def update_controller(self, archs: Sequence[Mapping[str, Any]], rewards: Tensor,
+                          program: Sequence[Any]) -> dict[str, float]:
+        """One REINFORCE step with an EMA baseline (Zoph & Le 2017; ENAS's decay and entropy bonus).
+
+        ``loss = -mean_k (R_k - b) log p(arch_k) - w · mean_k H_k``, then ``b ← decay · b + (1 - decay) · mean_k R_k``
+        (``b`` starts at the first step's mean reward). Every arch is re-scored by teacher forcing, so the update
+        needs only the archs and the all-gathered rewards: every DDP rank applies the same update.
+
+        Returns:
+            The logged scalars (``nasrl/loss``, ``nasrl/reward``, ``nasrl/baseline``, ``nasrl/entropy``).
+        """
+        hp = self.hparams
+        rewards = rewards.detach().double().cpu()
+        mean = float(rewards.mean())
+        baseline = mean if self.baseline is None else self.baseline
+        scored = [self.controller.log_prob(arch, program) for arch in archs]
+        log_probs = torch.stack([s.log_prob for s in scored])
+        entropy = torch.stack([s.entropy for s in scored]).mean()
+        advantage = (rewards - baseline).to(log_probs)
+        loss = -(advantage * log_probs).mean() - hp.entropy_weight * entropy
+        # every parameter joins the graph, so DDP's reducer never waits for an unused one (e.g. no anchors drawn)
+        loss = loss + 0.0 * sum(p.sum() for p in self.controller.parameters())
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self.baseline = hp.baseline_decay * baseline + (1.0 - hp.baseline_decay) * mean
+        return {"nasrl/loss": float(loss.detach()), "nasrl/reward": mean, "nasrl/baseline": baseline,
+                "nasrl/entropy": float(entropy.detach())}
+
     @override
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        step = self.global_step
+        step = self.global_step  # Lightning's count of controller updates: one per controller step
         fast = bool(self.trainer.fast_dev_run)
         m = min(self.hparams.children_per_step, 2 * self.trainer.world_size) if fast else self.hparams.children_per_step
         archs = self.sample_archs(step, m)
@@ -201,13 +221,15 @@ class NASRLModule(LightningModule):
             local[k] = torch.tensor(self.train_child(archs[k], step, k), dtype=torch.float64)
         gathered = self.all_gather(local)  # (world, m, 4): each rank filled its own children's rows
         results = gathered.sum(0) if gathered.dim() == 3 else gathered
-        logs = self._updater.update(self, archs, results[:, 0], self.program(step))
-        children = [{"step": step, "child": step * self.hparams.children_per_step + k, "rank": k % world,
-                     "reward": float(r[0]), "score": float(r[1]), "params": int(r[2]), "depth": self.depth(step),
-                     "arch": arch} for k, (arch, r) in enumerate(zip(archs, results.cpu()))]
-        self.last_children = children
-        self._updater.record(self.trainer, self, children)
-        logs.update({"nasrl/best_reward": self._updater.best_reward, "nasrl/score": float(results[:, 1].mean())})
+        logs = self.update_controller(archs, results[:, 0], self.program(step))
+        self.last_children = [
+            {"step": step, "child": step * self.hparams.children_per_step + k, "rank": k % world,
+             "reward": float(r[0]), "score": float(r[1]), "params": int(r[2]), "depth": self.depth(step),
+             "arch": arch} for k, (arch, r) in enumerate(zip(archs, results.cpu()))]
+        step_best = max(c["reward"] for c in self.last_children)
+        if not step_best <= self.best_reward:  # also replaces the initial NaN
+            self.best_reward = step_best
+        logs.update({"nasrl/best_reward": self.best_reward, "nasrl/score": float(results[:, 1].mean())})
         if self.depth(step) is not None:
             logs["nasrl/depth"] = float(self.depth(step))
         self.log_dict(logs, prog_bar=True, batch_size=m)
@@ -267,6 +289,13 @@ class NASRLModule(LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["space"] = {"name": self.space.space_name}
+        checkpoint["nasrl"] = {"baseline": self.baseline, "best_reward": self.best_reward}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("nasrl", {})
+        self.baseline = state.get("baseline")
+        self.best_reward = float(state.get("best_reward", float("nan")))
 
 
 def _count(loader: DataLoader, limit: int | None) -> int:

@@ -1,4 +1,4 @@
-"""``NASRLModule`` + ``ControllerUpdate``: learning, DDP consistency, resume, real children on tiny data."""
+"""``NASRLModule`` + ``ChildRecorder``: learning, DDP consistency, resume, real children on tiny data."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_nas.callbacks.controller_update import ControllerUpdate
+from lightning_nas.callbacks.child_recorder import ChildRecorder
 from lightning_nas.datamodules.text import TextDataModule
+from lightning_nas.errors import ConfigError
 from lightning_nas.modules.nasrl import NASRLModule
+from lightning_nas.modules.nasrl_data import NASRLData
 from lightning_nas.spaces.layer_tokens import LayerTokenSpace, child_from_arch_file
 from lightning_nas.spaces.rnn_cell import RNNCellSpace
 
@@ -79,11 +81,11 @@ def _p_fh3(module: NASRLModule) -> float:
 
 
 def test_toy_reward_through_the_module_and_outputs(tmp_path) -> None:
-    module = _module(controller_steps=25)
+    module = _module(controller_steps=25, baseline_decay=0.8)
     before = _p_fh3(module)
-    update = ControllerUpdate(baseline_decay=0.8, top_k=3)
+    update = ChildRecorder(top_k=3)
     trainer = _trainer(tmp_path, callbacks=[update])
-    trainer.fit(module, datamodule=TinyImages())
+    trainer.fit(module, datamodule=NASRLData(TinyImages()))
     assert trainer.global_step == 25
     assert _p_fh3(module) > before + 0.2
     metrics = trainer.callback_metrics
@@ -107,23 +109,25 @@ def test_depth_schedule() -> None:
 def test_ddp_two_ranks_split_children_and_agree(tmp_path) -> None:
     module = _module(CheckedToyReward, controller_steps=1)
     trainer = _trainer(tmp_path, devices=2, strategy="ddp_spawn")
-    trainer.fit(module, datamodule=TinyImages())  # the workers assert; a failure there fails fit
+    trainer.fit(module, datamodule=NASRLData(TinyImages()))  # the workers assert; a failure there fails fit
 
 
 def test_resume_continues_baseline_controller_and_optimizer(tmp_path) -> None:
-    straight = _module(controller_steps=1)
-    cb = ControllerUpdate(baseline_decay=0.5)
-    _trainer(tmp_path / "a", max_epochs=3, callbacks=[cb]).fit(straight, datamodule=TinyImages())
+    straight = _module(controller_steps=1, baseline_decay=0.5)
+    cb = ChildRecorder()
+    _trainer(tmp_path / "a", max_epochs=3, callbacks=[cb]).fit(straight, datamodule=NASRLData(TinyImages()))
 
-    first = _module(controller_steps=1)
+    first = _module(controller_steps=1, baseline_decay=0.5)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    _trainer(tmp_path / "b", max_epochs=2, callbacks=[ControllerUpdate(baseline_decay=0.5), ckpt],
-             enable_checkpointing=True).fit(first, datamodule=TinyImages())
-    resumed, cb2 = _module(controller_steps=1), ControllerUpdate(baseline_decay=0.5)
+    _trainer(tmp_path / "b", max_epochs=2, callbacks=[ChildRecorder(), ckpt],
+             enable_checkpointing=True).fit(first, datamodule=NASRLData(TinyImages()))
+    assert first.baseline != straight.baseline  # two steps of three: the resumed run must restore it
+    resumed, cb2 = _module(controller_steps=1, baseline_decay=0.5), ChildRecorder()
     trainer = _trainer(tmp_path / "b", max_epochs=3, callbacks=[cb2])
-    trainer.fit(resumed, datamodule=TinyImages(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer.fit(resumed, datamodule=NASRLData(TinyImages()), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert trainer.global_step == 3
-    assert cb2.baseline == cb.baseline and cb2.children_seen == cb.children_seen == 12
+    assert resumed.baseline == straight.baseline and resumed.best_reward == straight.best_reward
+    assert cb2.children_seen == cb.children_seen == 12 and cb2.best == cb.best
     for a, b in zip(straight.controller.parameters(), resumed.controller.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     sa = straight.optimizers().optimizer.state_dict()["state"]
@@ -134,11 +138,38 @@ def test_resume_continues_baseline_controller_and_optimizer(tmp_path) -> None:
 def test_fast_dev_run_trains_real_image_and_text_children(tmp_path) -> None:
     module = _module(NASRLModule, children_per_step=8)
     trainer = _trainer(tmp_path, fast_dev_run=2)
-    trainer.fit(module, datamodule=TinyImages())
+    trainer.fit(module, datamodule=NASRLData(TinyImages()))
     assert len(module.last_children) == 2 and all(0 <= c["score"] <= 1 for c in module.last_children)
     text = NASRLModule(RNNCellSpace(base=4, hidden_size=8), children_per_step=2, child_progress=False)
     trainer = _trainer(tmp_path, fast_dev_run=1)
-    trainer.fit(text, datamodule=TextDataModule(batch_size=4, bptt=8))
+    trainer.fit(text, datamodule=NASRLData(TextDataModule(batch_size=4, bptt=8)))
     child = text.last_children[0]
     assert text.space.num_classes == TextDataModule().vocab_size  # taken from the datamodule
     assert child["score"] > 1 and child["reward"] == 80.0 / child["score"] ** 2
+
+
+def test_a_plain_datamodule_is_refused_with_the_fix(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"TinyImages.*datamodule=NASRLData\(datamodule\)"):
+        _trainer(tmp_path).fit(_module(), datamodule=TinyImages())
+
+
+def test_the_module_adds_a_recorder_and_keeps_the_trainers_own(tmp_path) -> None:
+    module = _module(controller_steps=2)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, datamodule=NASRLData(TinyImages()))
+    recorders = [cb for cb in trainer.callbacks if isinstance(cb, ChildRecorder)]
+    assert len(recorders) == 1 and recorders[0].children_seen == 8
+    assert (tmp_path / "best_arch.json").is_file()
+    mine = ChildRecorder(top_k=2)
+    trainer = _trainer(tmp_path, callbacks=[mine])
+    trainer.fit(_module(controller_steps=1), datamodule=NASRLData(TinyImages()))
+    assert [cb for cb in trainer.callbacks if isinstance(cb, ChildRecorder)] == [mine] and len(mine.best) == 2
+
+
+def test_nasrl_data_hands_the_run_to_the_childrens_datamodule() -> None:
+    inner = TextDataModule(batch_size=4, bptt=8)
+    data = NASRLData(inner)
+    assert data.num_classes == inner.num_classes
+    data.check_data()  # the shipped corpus is there
+    with pytest.raises(TypeError, match="wraps a LightningDataModule"):
+        NASRLData(object())
