@@ -102,6 +102,7 @@ GPU_FIGURES = [
     ("evolution_best_calib_batch", "that batch"),
     ("fit_over_raw_step", "`Trainer.fit` epoch / raw step, default loader"),
     ("fit_on_device_over_raw_step", "`Trainer.fit` epoch / raw step, `on_device=True`"),
+    ("fit_on_device_no_bar_over_raw_step", "the same, training metrics logged without `prog_bar` (no per-step sync)"),
     ("supernet_over_exported", "supernet step / exported sub-network step"),
     ("supernet_over_compiled_exported", "supernet step / exported network compiled with `torch.compile`"),
     ("raw_step_images_per_s", "raw SPOS step (images/s)"),

@@ -52,6 +52,7 @@ def test_smoke_run_of_every_section_reports_the_issue_figures() -> None:
     doc = run_smoke()
     f = doc["figures"]
     for key in [*HEADLINE, "fit_on_device_over_raw_step", "fit_on_device_over_fit", "supernet_over_exported",
+                "fit_on_device_no_bar_over_raw_step", "no_bar_over_bar",
                 "raw_step_images_per_s", "fit_images_per_s", "fit_on_device_images_per_s",
                 "compiled_exported_step_images_per_s", "compile_s_per_arch", "loader_over_raw_step"]:
         assert isinstance(f[key], (int, float)) and f[key] > 0, key
