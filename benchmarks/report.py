@@ -98,8 +98,8 @@ Ratios are speed ratios, medians over interleaved rounds (> 1: the first named i
 GPU_FIGURES = [
     ("evolution_s_per_1000_candidates", "1,000 evolution candidates, recipe fidelity (20,000 calibration + "
                                         "5,000 validation images), calibration batch 256 (s)"),
-    ("evolution_s_per_1000_candidates_best", "the same at the fastest calibration batch (s)"),
-    ("evolution_best_calib_batch", "that batch"),
+    ("evolution_s_per_1000_candidates_best", "the same with the fastest scoring variant (s)"),
+    ("evolution_best_variant", "that variant (calibration batch, validation batch)"),
     ("fit_over_raw_step", "`Trainer.fit` epoch / raw step, default loader"),
     ("fit_on_device_over_raw_step", "`Trainer.fit` epoch / raw step, `on_device=True`"),
     ("fit_on_device_no_bar_over_raw_step", "the same, training metrics logged without `prog_bar` (no per-step sync)"),
