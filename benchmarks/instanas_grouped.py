@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import Bench, interleaved, ratios, spread
-from lightning_nas.spaces.instanas import IDENTITIES, InstaNASSpace, OptionLatency
+from lightning_nas.cost.option_latency import OptionLatency
+from lightning_nas.spaces.instanas import InstaNASSpace
+from lightning_nas.spaces.instanas_cell import IDENTITIES
 
 EARLIER = ("Before issue 15 the default cell added its input once (per_cell) and its BasicBlock was linear; "
            "that run measured grouped/masked 0.236 and grouped/MobileNetV2 0.778 (median, same settings).")

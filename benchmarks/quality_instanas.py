@@ -58,9 +58,10 @@ from benchmarks.quality_common import (
     quality_figures,
     regime_from_args,
 )
+from lightning_nas.cost.option_latency import OptionLatency
 from lightning_nas.modules import InstaNASModule
 from lightning_nas.modules.optim import split_decay
-from lightning_nas.spaces.instanas import InstaNASSpace, OptionLatency
+from lightning_nas.spaces.instanas import InstaNASSpace
 
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 2, 2), (6, 96, 1, 1))
 SPACE = {"width_mult": 0.25, "head_channels": 128, "stages": STAGES}

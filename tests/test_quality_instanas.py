@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import quality_instanas
-from lightning_nas.spaces.instanas import OptionLatency
+from lightning_nas.cost.option_latency import OptionLatency
 
 
 def _table() -> OptionLatency:

@@ -7,7 +7,8 @@ Three stages, by epoch (``pretrain_epochs``, ``search_epochs``, ``finetune_epoch
 
 1. **pre-training** of the meta-graph with random drop-path: the first half every option on; in the second
    half each option kept with a probability falling linearly from 1 to ``final_keep_prob`` (0.5);
-2. **search**: controller epochs and meta-graph epochs in turn (the ``AlternatingEpochs`` callback). A
+2. **search**: controller epochs and meta-graph epochs in turn (the ``AlternatingEpochs`` callback; the module
+   adds one with its defaults in ``configure_callbacks`` when the trainer has none). A
    controller epoch (Adam, lr 5e-4) scores the sampled and the greedy policy of each input on the frozen
    meta-graph (eval mode) and takes a self-critical policy-gradient step on ``R = R_T · R_A`` with an
    entropy bonus (``entropy``: official ``−p′ log p′`` by default, see ``controllers/instanas_policy.py``);
@@ -33,7 +34,7 @@ batch, multiplied by its 0/1 column, so each option's BatchNorm normalises over 
 BatchNorm statistics then come from the inputs it really serves at inference, and a step costs what the
 policies cost instead of every option on every input.
 
-Latencies come from an :class:`~lightning_nas.spaces.instanas.OptionLatency` table timed on the CPU at
+Latencies come from an :class:`~lightning_nas.cost.option_latency.OptionLatency` table timed on the CPU at
 start-up (rank 0, broadcast; cached in ``latency_cache`` when given, and kept in checkpoints).
 At the end of fit rank 0 writes ``instanas_summary.json`` (accuracy vs mean latency on the validation
 split), ``instanas_latency_hist.png``, ``instanas_option_usage.png`` and ``instanas_easy_hard.png``.
@@ -62,11 +63,13 @@ from lightning_nas.controllers.instanas_policy import (
     rewards,
     sample_policy,
 )
+from lightning_nas.cost.option_latency import OptionLatency
 from lightning_nas.modules.instanas_report import ValidationRecord, write_report
 from lightning_nas.modules.optim import split_decay
 from lightning_nas.modules.supernet import check_space_checkpoint, write_space_checkpoint
 from lightning_nas.seeding import step_generator
-from lightning_nas.spaces.instanas import EXECUTIONS, InstaNASSpace, OptionLatency
+from lightning_nas.spaces.instanas import InstaNASSpace
+from lightning_nas.spaces.instanas_cell import EXECUTIONS
 
 
 class InstaNASModule(LightningModule):
@@ -131,7 +134,7 @@ class InstaNASModule(LightningModule):
         self.phase = "pretrain"
         self.latency: OptionLatency | None = None
         self.controller_steps = self.supernet_steps = 0
-        self._own_alternation: AlternatingEpochs | None = None
+        self.batch_step = 0  # training batches run so far, over all epochs (saved): seeds each batch's draws
         self.record = ValidationRecord(num_examples)
         self.report: dict[str, Any] = {}
 
@@ -204,7 +207,7 @@ class InstaNASModule(LightningModule):
     def _generator(self, offset: int = 0) -> torch.Generator:
         # per-rank stream: ranks see different inputs and may draw different policies for them
         seed = self.hparams.seed * 1009 + self.global_rank * 31 + offset
-        return step_generator(seed, self.trainer.fit_loop.total_batch_idx)
+        return step_generator(seed, self.batch_step)
 
     def _drop_path_policy(self, x: Tensor, batch_idx: int) -> Tensor:
         hp = self.hparams
@@ -229,14 +232,11 @@ class InstaNASModule(LightningModule):
 
     # --- training -------------------------------------------------------------------------
     @override
-    def on_train_start(self) -> None:
-        if not any(isinstance(cb, AlternatingEpochs) for cb in self.trainer.callbacks):
-            self._own_alternation = AlternatingEpochs()  # the module runs its stages without the callback too
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        if self._own_alternation is not None:
-            self._own_alternation.on_train_epoch_start(self.trainer, self)
+    def configure_callbacks(self) -> list[Any]:
+        """``AlternatingEpochs`` (its defaults) when the trainer has none: it sets ``phase`` and freezes a side."""
+        if any(isinstance(cb, AlternatingEpochs) for cb in self.trainer.callbacks):
+            return []  # the trainer's own, with its settings (a returned one would replace it)
+        return [AlternatingEpochs()]
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -245,6 +245,7 @@ class InstaNASModule(LightningModule):
             self._controller_step(x, y, batch_idx)
         else:
             self._supernet_step(x, y, batch_idx)
+        self.batch_step += 1
 
     def _supernet_step(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
         optimizer = self.optimizers()[0]
@@ -354,7 +355,7 @@ class InstaNASModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         write_space_checkpoint(checkpoint, self.space)
         checkpoint["instanas"] = {"controller_steps": self.controller_steps, "supernet_steps": self.supernet_steps,
-                                  "phase": self.phase,
+                                  "batch_step": self.batch_step, "phase": self.phase,
                                   "latency": self.latency.state_dict() if self.latency is not None else None}
 
     @override
@@ -363,6 +364,8 @@ class InstaNASModule(LightningModule):
         state = checkpoint.get("instanas", {})
         self.controller_steps = int(state.get("controller_steps", 0))
         self.supernet_steps = int(state.get("supernet_steps", 0))
+        # older checkpoints: every training batch took one controller or one meta-graph step
+        self.batch_step = int(state.get("batch_step", self.controller_steps + self.supernet_steps))
         self.phase = state.get("phase", self.phase)
         if state.get("latency") is not None:  # the resumed search keeps scoring with the same table
             self.latency = OptionLatency.from_state_dict(state["latency"])

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from lightning_nas.cost.option_latency import OptionLatency
 from lightning_nas.search.report import live_wandb_run, new_figure, save_figure
-from lightning_nas.spaces.instanas import OptionLatency
 
 __all__ = ["ValidationRecord", "write_report"]
 

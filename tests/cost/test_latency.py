@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_nas.cost import LatencyTable, timing
+from lightning_nas.cost import LatencyTable, latency_measure, timing
 from lightning_nas.cost import latency as latency_mod
 from lightning_nas.errors import MissingFileError, PrerequisiteError
 from lightning_nas.spaces import MobileNetSpace
@@ -76,13 +76,13 @@ def test_a_burst_of_load_is_measured_again_and_a_persistent_one_warns(monkeypatc
 
 def test_a_calibration_factor_out_of_range_measures_again_then_warns(monkeypatch: pytest.MonkeyPatch) -> None:
     attempts = []
-    real = latency_mod._calibration
+    real = latency_measure._calibration
 
     def off(raw, archs, measured):  # noqa: ANN001, ANN202
         attempts.append(1)
         return {**real(raw, archs, measured), "scale": 40.0}
 
-    monkeypatch.setattr(latency_mod, "_calibration", off)
+    monkeypatch.setattr(latency_measure, "_calibration", off)
     with pytest.warns(UserWarning, match="calibration factor 40 is outside"):
         table = LatencyTable.build(tiny_space(), **FAST, retries=1, progress=False)
     assert len(attempts) == 2 and table.meta["noise"]["attempts"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from lightning_nas.controllers.instanas_policy import (
     rewards,
     sample_policy,
 )
+from lightning_nas.cost.option_latency import OptionLatency
 from lightning_nas.modules.instanas import InstaNASModule
-from lightning_nas.spaces.instanas import InstaNASSpace, OptionLatency
+from lightning_nas.spaces.instanas import InstaNASSpace
 
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2))
 
@@ -193,6 +195,73 @@ def test_resume_mid_search_stage_continues_exactly(tmp_path):
     assert (resumed.controller_steps, resumed.supernet_steps) == (straight.controller_steps, straight.supernet_steps)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_the_module_adds_alternating_epochs_only_when_the_trainer_has_none(tmp_path):
+    model, phases = _module(tmp_path), Phases()
+    trainer = _trainer(tmp_path, 4, [phases])
+    trainer.fit(model, datamodule=ImageData())
+    assert sum(isinstance(cb, AlternatingEpochs) for cb in trainer.callbacks) == 1
+    assert [b["phase"] for b in phases.batches[::4]] == ["pretrain", "controller", "supernet", "finetune"]
+    for b in phases.batches:  # the callback's freezing, re-applied after validation, as with the recipes' one
+        ctrl = b["phase"] == "controller"
+        assert b["space_train"] is not ctrl and b["ctrl_train"] is ctrl
+    mine = AlternatingEpochs(controller_epochs=2)
+    trainer = _trainer(tmp_path, 1, [mine])
+    trainer.fit(_module(tmp_path), datamodule=ImageData())
+    assert [cb for cb in trainer.callbacks if isinstance(cb, AlternatingEpochs)] == [mine]  # not replaced
+
+
+class Killed(Exception):
+    pass
+
+
+class Kill(Callback):
+    """Stop the fit by an exception when batch ``at`` (counted over the run) is about to start."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.seen == self.at:
+            raise Killed
+        self.seen += 1
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_bit_identical(tmp_path):
+    """Killed in a search-stage meta-graph epoch (sampled, permuted policies), resumed from the last step's
+    checkpoint: the draws continue from the module's own batch counter, so the weights end bit-identical."""
+    from lightning_nas.datamodules import CIFAR10DataModule
+    from tests.helpers.fake_data import write_fake_cifar10
+
+    data_dir = write_fake_cifar10(tmp_path / "data", n_train=48, n_test=8)  # 36 train images: 5 batches of 8
+    torch.manual_seed(0)
+    space = InstaNASSpace(num_classes=10, input_size=32, width_mult=0.25, stages=STAGES, head_channels=32)
+    latency = tmp_path / "latency.json"
+    OptionLatency.build(space, repeats=1).save(latency)
+
+    def fit(root: Path, callbacks: list[Callback], ckpt_path: Path | None = None) -> InstaNASModule:
+        torch.manual_seed(0)
+        module = InstaNASModule(copy.deepcopy(space), pretrain_epochs=1, search_epochs=2, finetune_epochs=1,
+                                lr=0.05, controller_lr=0.01, latency_cache=str(latency), num_examples=2)
+        data = CIFAR10DataModule(str(data_dir), batch_size=8, num_workers=0, val_split=0.25, seed=5)
+        torch.manual_seed(1234 if ckpt_path else 0)  # a resumed process starts from another RNG history
+        _trainer(root, 4, callbacks, limit_val_batches=1, enable_checkpointing=True).fit(
+            module, datamodule=data, ckpt_path=ckpt_path)
+        return module
+
+    straight = fit(tmp_path / "straight", [])
+    ckpts = tmp_path / "ckpts"
+    every_step = ModelCheckpoint(dirpath=ckpts, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    with pytest.raises(Killed):
+        fit(tmp_path / "killed", [Kill(12), every_step])  # epoch 2 (meta-graph), its third batch
+    ckpt = ckpts / "step=12.ckpt"
+    assert torch.load(ckpt, weights_only=True)["instanas"]["batch_step"] == 12
+    resumed = fit(tmp_path / "resumed", [], ckpt_path=ckpt)
+    assert resumed.batch_step == straight.batch_step == 20
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 class SupernetSteps(Callback):

@@ -99,4 +99,37 @@ def test_only_live_wandb_runs_count(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     assert live_wandb_run(CSVLogger(tmp_path)) is None
-    assert live_wandb_run(WandbLogger(mode="disabled", save_dir=str(tmp_path))) is None
+    disabled = WandbLogger(mode="disabled", save_dir=str(tmp_path))
+    try:
+        assert live_wandb_run(disabled) is None
+    finally:
+        disabled.experiment.finish()  # or a later WandbLogger would reuse this run
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_an_offline_wandb_run_gets_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from tests.helpers.tiny_space import TinySpace
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    wandb.teardown()  # W&B keeps the settings of its first run in this process (the tests' mode is disabled)
+    space, gen = TinySpace(), torch.Generator().manual_seed(0)
+    history = tuple({**r, "arch": space.sample(gen)} for r in _result().history)
+    best = max((r for r in history if CAP.satisfied(r["costs"])), key=lambda r: r["score"])
+    result = SearchResult("evolution", (CAP,), (CAP.name,), history, {CAP.name: best}, 2, "macs")
+    logger = WandbLogger(project="report-test", save_dir=str(tmp_path), offline=True)
+    run = live_wandb_run(logger)
+    assert run is not None
+    report = write_report(result, SimpleNamespace(loggers=[logger], global_step=0), space, tmp_path / "out")
+    run.finish()
+    wandb.teardown()
+    assert (report.run_dir / "search_pareto.png").is_file()
+    assert json.loads((tmp_path / "out" / "best_arch.json").read_text())["arch"] == best["arch"]
+    runs = list(tmp_path.rglob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))

@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from lightning_nas import ArchError
-from lightning_nas.spaces.instanas import (
-    BASIC,
-    EXECUTIONS,
-    IDENTITIES,
-    OPTIONS,
-    InstaCell,
-    InstaNASSpace,
-    OptionLatency,
-)
+from lightning_nas.cost.option_latency import OptionLatency
+from lightning_nas.spaces.instanas import InstaNASSpace
+from lightning_nas.spaces.instanas_cell import BASIC, EXECUTIONS, IDENTITIES, OPTIONS, InstaCell
 
 SMALL = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from lightning_nas.cost.timing import measure_ms
+
 if TYPE_CHECKING:
     from lightning_nas.spaces.instanas import InstaNASSpace
 
@@ -56,8 +58,6 @@ class OptionLatency:
     @classmethod
     def _build(cls, space: InstaNASSpace, batch_size: int, warmup: int, repeats: int) -> OptionLatency:
         import copy
-
-        from lightning_nas.cost.latency import measure_ms
 
         *shapes, last = space.cell_input_shapes(batch_size, with_output=True)
         table = torch.zeros(space.num_cells, space.num_options)
