@@ -45,7 +45,9 @@ from lightning_nas.callbacks.child_recorder import ChildRecorder
 from lightning_nas.controllers.lstm import LSTMController
 from lightning_nas.errors import ConfigError
 from lightning_nas.modules.nasrl_data import NASRLData
+from lightning_nas.modules.supernet import check_space_checkpoint, write_space_checkpoint
 from lightning_nas.seeding import mix_seed, step_generator
+from lightning_nas.spaces.token_space import TokenSpace
 
 __all__ = ["NASRLModule"]
 
@@ -92,7 +94,7 @@ class NASRLModule(LightningModule):
     """
 
     def __init__(
-        self, space: nn.Module, controller_steps: int = 100, children_per_step: int = 8, seed: int = 0,
+        self, space: TokenSpace, controller_steps: int = 100, children_per_step: int = 8, seed: int = 0,
         hidden_size: int = 35, num_layers: int = 2, init_range: float = 0.08, tanh_constant: float | None = None,
         temperature: float | None = None, lr: float = 6e-4, baseline_decay: float = 0.99,
         entropy_weight: float = 0.0, depth_start: int | None = None, depth_increment: int = 2,
@@ -104,7 +106,7 @@ class NASRLModule(LightningModule):
     ) -> None:
         super().__init__()
         task = getattr(space, "task", None)
-        if task not in TASK_DEFAULTS or not hasattr(space, "controller_program"):
+        if not isinstance(space, TokenSpace) or task not in TASK_DEFAULTS:
             raise TypeError(f"NASRLModule needs a LayerTokenSpace or RNNCellSpace, got {type(space).__name__}")
         if min(controller_steps, children_per_step, child_epochs, reward_last_k, depth_every) < 1:
             raise ValueError("controller_steps, children_per_step, child_epochs, reward_last_k and depth_every "
@@ -288,11 +290,12 @@ class NASRLModule(LightningModule):
     # --- checkpoints ----------------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["space"] = {"name": self.space.space_name}
+        write_space_checkpoint(checkpoint, self.space)
         checkpoint["nasrl"] = {"baseline": self.baseline, "best_reward": self.best_reward}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_space_checkpoint(self.space, checkpoint)
         state = checkpoint.get("nasrl", {})
         self.baseline = state.get("baseline")
         self.best_reward = float(state.get("best_reward", float("nan")))

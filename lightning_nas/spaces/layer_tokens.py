@@ -6,7 +6,8 @@ https://arxiv.org/abs/1611.01578. Layer ``i`` of a child is conv(``fh`` × ``fw`
 inputs are zero-padded (bottom/right) to the largest spatial size and concatenated in depth; a layer
 without inputs takes the image; every output nothing consumes goes, padded and concatenated, to the
 classifier (global average pool + linear). Children are trained from scratch, so there is no supernet:
-the space only lists the decisions, validates arch files and builds children (``export``).
+the space is a :class:`~lightning_nas.spaces.token_space.TokenSpace` (a ``SearchSpace`` answered from its
+controller program): it lists the decisions, validates arch files and builds children (``export``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_nas.arch import Arch, ArchError, check_arch, load_arch
+from lightning_nas.arch import ArchError, load_arch
+from lightning_nas.spaces.token_space import TokenSpace
 from lightning_nas.spaces.tokens import Anchor, Token
 
 __all__ = ["LayerTokenNet", "LayerTokenSpace", "build_child", "child_from_arch_file", "concat_padded", "layer_inputs"]
@@ -122,7 +124,7 @@ def child_from_arch_file(path: str | Path, num_classes: int, in_channels: int = 
     return build_child(load_arch(path), num_classes, in_channels)
 
 
-class LayerTokenSpace(nn.Module):
+class LayerTokenSpace(TokenSpace):
     """NAS-RL's layer-token CNN space (no weights: children train from scratch).
 
     Args:
@@ -142,7 +144,6 @@ class LayerTokenSpace(nn.Module):
         net = space.export(space.sample(torch.Generator().manual_seed(0)))
     """
 
-    space_name = "LayerTokenSpace"
     supports_depth = True
     task = "image"
 
@@ -181,36 +182,9 @@ class LayerTokenSpace(nn.Module):
         """``{kind: values}`` of every token kind (shared across layers, so depth can grow)."""
         return {t.kind: t.values for t in self._tokens(0)}
 
-    def decisions(self, num_layers: int | None = None) -> dict[str, list[Any]]:
-        """``{name: values}`` in controller order (skip decisions take 0 or 1)."""
-        out: dict[str, list[Any]] = {}
-        for step in self.controller_program(num_layers):
-            if isinstance(step, Token):
-                out[step.name] = list(step.values)
-            else:
-                out.update({name: [0, 1] for name in step.names})
-        return out
-
-    def validate(self, arch: Mapping[str, Any]) -> Arch:
-        """Return ``arch`` with canonical values; its depth is read from the arch itself.
-
-        Raises:
-            ArchError: naming the missing, unknown or invalid key and the allowed values.
-        """
-        if not isinstance(arch, Mapping):
-            raise ArchError(f"An arch must be a mapping of decision name to value, got {type(arch).__name__}.")
-        arch = {k: int(v) if isinstance(v, bool) else v for k, v in arch.items()}
-        return check_arch(arch, self.decisions(num_layers_of(arch)), self.space_name)
-
-    def sample(self, generator: torch.Generator | None = None, num_layers: int | None = None) -> Arch:
-        """A uniformly drawn arch (each skip on with probability 1/2)."""
-        decisions = self.decisions(num_layers)
-        u = torch.rand(len(decisions), generator=generator, dtype=torch.float64).tolist()
-        return {k: v[min(int(x * len(v)), len(v) - 1)] for (k, v), x in zip(decisions.items(), u)}
-
-    def export(self, arch: Mapping[str, Any]) -> nn.Module:
-        """The child network of ``arch`` (validated), with fresh weights."""
-        return build_child(self.validate(arch), self.num_classes, self.in_channels)
+    def depth_of(self, arch: Mapping[str, Any]) -> int:
+        """The depth of a layer-token arch, read from its keys (:func:`num_layers_of`)."""
+        return num_layers_of(arch)
 
     def build_child(self, arch: Mapping[str, Any]) -> nn.Module:
         """The child for the search loop (arch from the controller, already valid)."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_nas.arch import Arch, check_arch
+from lightning_nas.spaces.token_space import TokenSpace
 from lightning_nas.spaces.tokens import Token
 
 __all__ = ["ACTIVATIONS", "COMBINATIONS", "NASCell", "RNNCellSpace", "RNNLanguageModel", "tree_children"]
@@ -134,8 +134,11 @@ class RNNLanguageModel(nn.Module):
         return self.decoder(x), new_state
 
 
-class RNNCellSpace(nn.Module):
+class RNNCellSpace(TokenSpace):
     """NAS-RL's recurrent-cell space (no weights: children are language models trained from scratch).
+
+    A :class:`~lightning_nas.spaces.token_space.TokenSpace`: decisions, sampling, validation and ``export`` come
+    from its controller program.
 
     Args:
         base: leaves of the cell tree (paper: 8).
@@ -145,7 +148,6 @@ class RNNCellSpace(nn.Module):
         dropout: children's dropout.
     """
 
-    space_name = "RNNCellSpace"
     supports_depth = False
     task = "text"
 
@@ -170,21 +172,6 @@ class RNNCellSpace(nn.Module):
     def controller_vocab(self) -> dict[str, tuple[Any, ...]]:
         return {"combine": COMBINATIONS, "activation": ACTIVATIONS, "node": tuple(range(2 * self.base - 2))}
 
-    def decisions(self, num_layers: int | None = None) -> dict[str, list[Any]]:
-        return {t.name: list(t.values) for t in self.controller_program()}
-
-    def validate(self, arch: Mapping[str, Any]) -> Arch:
-        """Return ``arch`` with canonical values, or raise :class:`~lightning_nas.ArchError`."""
-        return check_arch(arch, self.decisions(), self.space_name)
-
-    def sample(self, generator: torch.Generator | None = None, num_layers: int | None = None) -> Arch:
-        decisions = self.decisions()
-        u = torch.rand(len(decisions), generator=generator, dtype=torch.float64).tolist()
-        return {k: v[min(int(x * len(v)), len(v) - 1)] for (k, v), x in zip(decisions.items(), u)}
-
     def build_child(self, arch: Mapping[str, Any]) -> nn.Module:
+        """The language model of ``arch`` (already checked), with fresh weights."""
         return RNNLanguageModel(arch, self.num_classes, self.hidden_size, self.num_layers, self.dropout, self.base)
-
-    def export(self, arch: Mapping[str, Any]) -> nn.Module:
-        """The language model of ``arch`` (validated), with fresh weights."""
-        return self.build_child(self.validate(arch))

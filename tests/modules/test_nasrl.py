@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_nas.callbacks.child_recorder import ChildRecorder
 from lightning_nas.datamodules.text import TextDataModule
-from lightning_nas.errors import ConfigError
+from lightning_nas.errors import ConfigError, PrerequisiteError
 from lightning_nas.modules.nasrl import NASRLModule
 from lightning_nas.modules.nasrl_data import NASRLData
 from lightning_nas.spaces.layer_tokens import LayerTokenSpace, child_from_arch_file
@@ -130,6 +130,10 @@ def test_resume_continues_baseline_controller_and_optimizer(tmp_path) -> None:
     assert cb2.children_seen == cb.children_seen == 12 and cb2.best == cb.best
     for a, b in zip(straight.controller.parameters(), resumed.controller.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    other = _module(controller_steps=1, space=LayerTokenSpace(num_layers=2, num_filters=[4, 16]))
+    with pytest.raises(PrerequisiteError, match="fingerprint"):  # a checkpoint of another space is refused
+        _trainer(tmp_path / "c", max_epochs=4).fit(other, datamodule=NASRLData(TinyImages()),
+                                                    ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     sa = straight.optimizers().optimizer.state_dict()["state"]
     sb = resumed.optimizers().optimizer.state_dict()["state"]
     torch.testing.assert_close(sa[0]["exp_avg"], sb[0]["exp_avg"], rtol=0, atol=0)
