@@ -434,6 +434,8 @@ class VisionDataModule(LightningDataModule):
         if device is None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" is the current device: compare with its index
+            device = torch.device("cuda", torch.cuda.current_device())
         if self._device_train is None or self._device_train.device != device:
             self._device_train = None  # free the old copy before making the new one
             images, labels = self.train_uint8()
