@@ -31,10 +31,11 @@ Every comparison is made in the same run, the variants alternating in interleave
 per-round ratio with its min–max (``benchmarks/common.py``). Without CUDA it runs a smoke version (tiny space,
 batch 16, a few hundred fake images; seconds) whose JSON the harness keeps out of ``benchmarks/results/``.
 
-GPU command (Python 3.12 with torch and Lightning; neither jsonargparse nor wandb is needed), from the repository
-root, copying the result where the device runner brings files back::
+GPU command (Python 3.12 with torch and Lightning; neither jsonargparse nor wandb is needed, nor installing
+``lightning_nas``), from the repository root, copying the result where the device runner brings files back (its
+``python3`` is the one with torch; give it a 600 s limit)::
 
-    python -m benchmarks --gpu && cp benchmarks/results/gpu_speed.json "$OUT"/
+    python3 -m benchmarks --gpu 2>&1 | tee "$OUT"/gpu.log; cp benchmarks/results/gpu_*.json "$OUT"/
 
 (``python -m benchmarks --only gpu_speed`` is the same; ``python -m benchmarks.gpu_speed`` prints the JSON only.)
 """
