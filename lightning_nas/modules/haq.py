@@ -13,24 +13,25 @@ transition of the episode. The float weights are restored after every episode.
 The official code's facts and where ours differs: :class:`HAQModule`.
 
 Lightning design: the trainer's training loop is the episode clock. Each training step runs one whole
-episode (the batch it is given is not used: episodes score every policy on the *same* cached
-calibration, fine-tune and validation batches); the agent's own Adam optimizers and the per-episode SGD
-fine-tune are not Lightning's (manual optimization, no ``configure_optimizers``), and the global step is
-advanced once per episode so ``max_steps``, ``ModelCheckpoint(every_n_train_steps=...)`` and loggers count
-episodes; ``haq/finetune_s`` in the progress bar is the episode's fine-tune time. Training stops after
-``episodes`` episodes. Checkpoints carry the agent (networks, targets, optimizers, replay buffer, RNG),
-the episode counter and the best policy, so a resumed run continues the search. Single device only:
-episodes are sequential, so DDP would only repeat them (a clear error says so).
+episode (the batch it is given is not used: episodes score every policy on the *same* cached calibration,
+fine-tune and validation batches, :class:`~lightning_nas.modules.haq_episode.EpisodeBatches`). The agent's own
+Adam optimizers and the per-episode SGD fine-tune are not Lightning's (manual optimization); the one optimizer
+Lightning manages is the episode clock, a parameter-free optimizer the module steps once per episode, so
+Lightning's own ``global_step`` counts episodes and ``max_steps``, ``ModelCheckpoint(every_n_train_steps=...)``
+and loggers count them too, without touching its loop counters. The module's ``episode`` (in its checkpoint)
+drives the search (noise schedule, stopping after ``episodes``, the progress bar's ``haq/episode``);
+``haq/finetune_s`` in the progress bar is the episode's fine-tune time. Epochs are passes over the datamodule's
+training loader and mean nothing here: the recipes set ``max_epochs: -1`` and the module stops the fit. Checkpoints
+carry the agent (networks, targets, optimizers, replay buffer, RNG), the episode counter and the best policy, so a
+resumed run continues the search. Single device only: episodes are sequential, so DDP would only repeat them (a
+clear error says so). The episode's pieces live in :mod:`~lightning_nas.modules.haq_episode`, the results
+(``best_policy.json``, the comparison with fixed precisions) in :mod:`~lightning_nas.modules.haq_report`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Iterable, Sequence
-from itertools import islice
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -43,14 +44,14 @@ from lightning_nas.controllers.ddpg import DDPG
 from lightning_nas.cost.hardware import (
     BitSerialAccelerator,
     HardwareModel,
-    LayerProfile,
     cost_lookup,
     fit_budget,
     policy_cost,
     profile_layers,
 )
+from lightning_nas.modules.haq_episode import Batch, EpisodeBatches, layer_states, rollout
+from lightning_nas.modules.haq_report import write_results
 from lightning_nas.modules.quantized import (
-    POLICY_FORMAT,
     QuantizedNetwork,
     apply_policy,
     calibrate,
@@ -63,57 +64,7 @@ from lightning_nas.modules.quantized import (
 )
 from lightning_nas.nn.quantize import FLOAT_BITS, QUANTIZERS
 
-__all__ = ["HAQModule", "QuantizedNetwork", "action_to_bits", "apply_policy", "layer_states", "load_network",
-           "load_policy", "quantize_network", "rollout"]
-
-Batch = tuple[Tensor, Tensor]
-
-
-def action_to_bits(action: float, min_bits: int = 2, max_bits: int = 8) -> int:
-    """HAQ's action → bit-width: ``round(b_min − 0.5 + a·(b_max − b_min + 1))``, clipped to ``[b_min, b_max]``.
-
-    Every bit-width gets an equal share of ``[0, 1]``.
-    """
-    bits = round(min_bits - 0.5 + float(action) * (max_bits - min_bits + 1))
-    return int(min(max(bits, min_bits), max_bits))
-
-
-# --- the agent's view ---------------------------------------------------------------------------------
-def layer_states(layers: Sequence[LayerProfile]) -> Tensor:
-    """The static state of each layer: index, c_in, c_out, stride, kernel, depthwise, #weights, h×w.
-
-    Each column is min–max normalised across layers to ``[0, 1]`` (a constant column becomes 0).
-    """
-    rows = [[i, p.in_channels, p.out_channels, p.stride, p.kernel_size, float(p.depthwise), p.n_weights, p.in_hw]
-            for i, p in enumerate(layers)]
-    x = torch.tensor(rows, dtype=torch.float64)
-    lo, hi = x.min(0).values, x.max(0).values
-    return ((x - lo) / (hi - lo).clamp_min(1e-12)).float()
-
-
-def rollout(agent: DDPG, static: Tensor, episode: int, min_bits: int = 2, max_bits: int = 8,
-            explore: bool = True) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-    """Let ``agent`` choose weight then activation bits for each layer, first → last.
-
-    The state is the layer's static features, the previous action (bits / max bits; 1 at the start) and a
-    flag (1 for the weight action, 0 for the activation action): 10 features.
-
-    Returns:
-        ``(states [2L, 10], actions [2L, 1], policy)``, the policy before the budget walk.
-    """
-    states, actions, policy = [], [], []
-    prev = 1.0
-    for row in static:
-        bits = []
-        for flag in (1.0, 0.0):
-            state = torch.cat([row, torch.tensor([prev, flag])])
-            action = agent.act(state, episode, explore)
-            bits.append(action_to_bits(float(action[0]), min_bits, max_bits))
-            states.append(state)
-            actions.append(action)
-            prev = bits[-1] / max_bits
-        policy.append((bits[0], bits[1]))
-    return torch.stack(states), torch.stack(actions), policy
+__all__ = ["HAQModule", "QuantizedNetwork", "apply_policy", "load_network", "load_policy", "quantize_network"]
 
 
 def _check_scoring(quantizer: str, finetune_batches: int | str, reward_split: str) -> None:
@@ -238,60 +189,35 @@ class HAQModule(LightningModule):
         self._pending: dict[str, Any] | None = None
         self._ready = False
         self.finetune_s = 0.0
+        self.comparison: dict[str, dict[str, float]] | None = None
+        # the episode clock: the one optimizer Lightning steps (once per episode), so `global_step` counts episodes
+        self._clock = torch.zeros(0, requires_grad=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     # --- preparation ------------------------------------------------------------------------------------
-    def _loaders(self) -> tuple[Any, Any]:
-        dm = self.trainer.datamodule
-        if dm is None:
-            raise ValueError("HAQModule needs a datamodule: trainer.fit(model, datamodule=dm) (a recipe's `data:`)")
-        n = self._train_batches()
-        calib = (dm.calibration_dataloader(num_batches=n) if hasattr(dm, "calibration_dataloader")
-                 else dm.train_dataloader())
-        return calib, dm.val_dataloader()
-
-    def _train_batches(self) -> int | None:
-        """Training batches an episode reads (``None``: all, for a one-epoch fine-tune)."""
-        hp = self.hparams
-        return None if hp.finetune_batches == "epoch" else max(hp.calib_batches, hp.finetune_batches, 1)
-
     @property
     def finetunes(self) -> bool:
         return self.hparams.finetune_batches == "epoch" or self.hparams.finetune_batches > 0
-
-    def _batches(self, which: str) -> Iterable[Batch]:
-        hp = self.hparams
-        finetune = None if hp.finetune_batches == "epoch" else hp.finetune_batches
-        n = {"calib": hp.calib_batches, "finetune": finetune, "val": hp.val_batches}[which]
-        source = self._val_loader if which == "val" else self._calib_loader
-        if which != "val" and self._cache is not None:
-            return self._cache["train"][:n]
-        if which == "val" and self._cache is not None:
-            return self._cache["val"]
-        return islice(source, n)
 
     def _prepare(self) -> None:
         hp = self.hparams
         if self.trainer.world_size > 1:
             raise ValueError("HAQModule runs on one device: its episodes are sequential (set trainer.devices=1)")
-        self._calib_loader, self._val_loader = self._loaders()
-        self._cache = None
-        if hp.cache_batches:
-            self._cache = {"train": list(islice(self._calib_loader, self._train_batches())),
-                           "val": list(islice(self._val_loader, hp.val_batches))}
-        sample = next(iter(self._batches("calib")))[0].to(self.device)
+        self.batches = EpisodeBatches(self.trainer.datamodule, hp.calib_batches, hp.finetune_batches,
+                                      hp.val_batches, hp.cache_batches)
+        sample = next(iter(self.batches("calib")))[0].to(self.device)
         self._float_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self.layers = profile_layers(self.net, sample)
-        self._names = [p.name for p in self.layers]
+        self.layer_names = [p.name for p in self.layers]
         qlayers = quant_layers(self.net)
         for p in self.layers:
             qlayers[p.name].act_signed, qlayers[p.name].quantizer = p.act_signed, hp.quantizer
-        self._table = cost_lookup(self.hardware, self.layers, hp.max_bits)
-        self.full_cost = policy_cost(self._table, [(hp.max_bits, hp.max_bits)] * len(self.layers))
+        self.cost_table = cost_lookup(self.hardware, self.layers, hp.max_bits)
+        self.full_cost = policy_cost(self.cost_table, [(hp.max_bits, hp.max_bits)] * len(self.layers))
         self.target = hp.budget_ratio * self.full_cost
-        low = policy_cost(self._table, self.pin([(hp.min_bits, hp.min_bits if self.hardware.uses_abits
+        low = policy_cost(self.cost_table, self.pin([(hp.min_bits, hp.min_bits if self.hardware.uses_abits
                                                   else hp.max_bits)] * len(self.layers)))
         if low > self.target:
             raise ValueError(f"budget_ratio={hp.budget_ratio} is below the smallest reachable ratio "
@@ -301,7 +227,7 @@ class HAQModule(LightningModule):
         self._static = layer_states(self.layers)
         # the reward's reference: the float network on the batches the reward's accuracy comes from
         reference = "finetune" if hp.reward_split == "finetune" else "val"
-        self.acc_float = top1(self.net, self._batches(reference), self.device)
+        self.acc_float = top1(self.net, self.batches(reference), self.device)
         if self.agent is None:
             self.agent = DDPG(self._static.shape[1] + 2, 1, hp.replay_per_layer * len(self.layers), hp.hidden,
                               hp.actor_lr, hp.critic_lr, hp.tau, hp.discount, hp.agent_batch_size, hp.warmup,
@@ -321,7 +247,7 @@ class HAQModule(LightningModule):
     @property
     def pinned(self) -> tuple[int, ...]:
         """Indices of the layers kept at ``max_bits`` (first and last with ``keep_first_last``)."""
-        n = len(self._names)
+        n = len(self.layer_names)
         return tuple(sorted({0, n - 1})) if self.hparams.keep_first_last and n else ()
 
     def pin(self, policy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -342,7 +268,7 @@ class HAQModule(LightningModule):
 
     def _set_bits(self, policy: Sequence[tuple[int, int]]) -> None:
         qlayers = quant_layers(self.net)
-        for name, (w, a) in zip(self._names, policy):
+        for name, (w, a) in zip(self.layer_names, policy):
             qlayers[name].wbits, qlayers[name].abits = int(w), int(a)
 
     def evaluate(self, policy: Sequence[tuple[int, int]],
@@ -359,17 +285,17 @@ class HAQModule(LightningModule):
         hp = self.hparams
         self._set_bits(self.network_bits(policy))
         try:
-            calibrate(self.net, self._batches("calib"), self.device)
+            calibrate(self.net, self.batches("calib"), self.device)
             start = time.perf_counter()
-            acc = (finetune(self.net, self._batches("finetune"), hp.finetune_lr, hp.finetune_weight_decay,
+            acc = (finetune(self.net, self.batches("finetune"), hp.finetune_lr, hp.finetune_weight_decay,
                              self.device) if self.finetunes else None)
             self.finetune_s = time.perf_counter() - start
             if batches is not None or acc is None or hp.reward_split == "val":
-                acc = top1(self.net, self._batches("val") if batches is None else batches, self.device)
+                acc = top1(self.net, self.batches("val") if batches is None else batches, self.device)
             specs = {n: q.quant_spec() for n, q in quant_layers(self.net).items()}
         finally:
             self.net.load_state_dict(self._float_state)
-            self._set_bits([(FLOAT_BITS, FLOAT_BITS)] * len(self._names))
+            self._set_bits([(FLOAT_BITS, FLOAT_BITS)] * len(self.layer_names))
         return acc, specs
 
     def search_step(self) -> dict[str, float]:
@@ -377,29 +303,20 @@ class HAQModule(LightningModule):
         hp = self.hparams
         assert self.agent is not None
         states, actions, policy = rollout(self.agent, self._static, self.episode, hp.min_bits, hp.max_bits)
-        policy = fit_budget(self.pin(policy), self._table, self.target, hp.min_bits, self.hardware.uses_abits,
+        policy = fit_budget(self.pin(policy), self.cost_table, self.target, hp.min_bits, self.hardware.uses_abits,
                             pinned=self.pinned)
         acc, specs = self.evaluate(policy)
         reward = hp.reward_scale * 100 * (acc - self.acc_float)
         losses = self.agent.learn_episode(states, actions, reward, self.episode)
-        cost = policy_cost(self._table, policy)
+        cost = policy_cost(self.cost_table, policy)
         if self.best is None or reward > self.best["reward"]:
             self.best = {"reward": reward, "acc": acc, "cost": cost, "episode": self.episode,
                          "policy": [list(p) for p in policy],
-                         "act_max": [specs[n]["act_max"] for n in self._names],
-                         "w_range": [specs[n]["w_range"] for n in self._names]}
+                         "act_max": [specs[n]["act_max"] for n in self.layer_names],
+                         "w_range": [specs[n]["w_range"] for n in self.layer_names]}
         self.episode += 1
         return {"reward": reward, "acc": acc, "cost_ratio": cost / self.full_cost, "best_acc": self.best["acc"],
                 "noise": self.agent.noise, "finetune_s": self.finetune_s, **losses}
-
-    @override
-    def on_train_start(self) -> None:
-        # max_epochs: -1 (the recipes: "stop after `episodes`") shows as "Epoch 1/-2" in the progress bars: give the
-        # fit loop the real count. Every training batch is one episode from the first epoch on (a resumed run
-        # continues the same count), so the episodes take ceil(episodes / batches) passes over the loader.
-        loop, batches = self.trainer.fit_loop, self.trainer.num_training_batches
-        if loop.max_epochs == -1 and 0 < batches < float("inf"):
-            loop.max_epochs = max(self.current_epoch + 1, math.ceil(self.hparams.episodes / int(batches)))
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
@@ -416,78 +333,29 @@ class HAQModule(LightningModule):
         shown = {"acc", "best_acc", "finetune_s"}
         self.log_dict({f"haq/{k}": float(v) for k, v in out.items() if k not in shown}, batch_size=1)
         self.log_dict({f"haq/{k}": float(out[k]) for k in shown}, prog_bar=True, batch_size=1)
-        # one episode = one step: lets max_steps, ModelCheckpoint(every_n_train_steps) and loggers count
-        # episodes; the agent's and fine-tune optimizers are not Lightning's, so nothing else advances it
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        progress.increment_ready()
-        progress.increment_completed()
+        self.log("haq/episode", float(self.episode), prog_bar=True, batch_size=1)
+        self.optimizers().step()  # the episode clock: Lightning's global_step counts episodes
         if self.episode >= self.hparams.episodes:
             self.trainer.should_stop = True
 
     @override
-    def configure_optimizers(self) -> None:
-        # the agent owns its Adam optimizers and each episode its own fine-tune SGD (fresh momentum, as official)
-        return None
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # The agent owns its Adam optimizers and each episode its own fine-tune SGD (fresh momentum, as official).
+        # Lightning counts a step each time an optimizer it manages steps: this one holds no weights (an empty
+        # tensor that never gets a gradient) and is stepped once per episode, so `global_step` is the episode count.
+        return torch.optim.SGD([self._clock], lr=0.0)
 
     # --- results ------------------------------------------------------------------------------------------
-    def policy_document(self) -> dict[str, Any]:
-        """The best policy so far as ``best_policy.json`` content (the bits the network runs, the priced cost)."""
-        if self.best is None:
-            raise ValueError("no episode has run yet: there is no policy")
-        b = self.best
-        w_range = b.get("w_range", [0.0] * len(self._names))  # absent in checkpoints of older versions
-        layers = {n: {"wbits": w, "abits": a, "act_max": m, "act_signed": p.act_signed,
-                      "quantizer": self.hparams.quantizer, "w_range": r}
-                  for n, (w, a), m, r, p in zip(self._names, self.network_bits(b["policy"]), b["act_max"], w_range,
-                                                self.layers)}
-        return {"format": POLICY_FORMAT, "method": "HAQ", "hardware": self.hardware.describe(),
-                "budget_ratio": self.hparams.budget_ratio, "cost": b["cost"], "cost_ratio": b["cost"] / self.full_cost,
-                "acc": b["acc"], "acc_float": self.acc_float, "reward_split": self.hparams.reward_split,
-                "reward": b["reward"], "episode": b["episode"], "layers": layers}
-
-    def compare_fixed(self, policy: Sequence[tuple[int, int]] | None = None,
-                      batches: Iterable[Batch] | None = None) -> dict[str, dict[str, float]]:
-        """Held-out accuracy and cost ratio of the float network, uniform 8-bit, 4-bit (pinned as in the search)
-        and ``policy`` (default: the best), each calibrated and fine-tuned as in an episode.
-
-        Args:
-            policy: the priced policy to compare.
-            batches: the held-out batches (default: the validation batches).
-        """
-        if policy is None:
-            policy = [tuple(p) for p in self.best["policy"]] if self.best else []
-        batches = list(self._batches("val") if batches is None else batches)
-        n = len(self._names)
-        rows = {"float": {"acc": top1(self.net, batches, self.device), "cost_ratio": float("nan")}}
-        for label, pol in (("fixed8", [(8, 8)] * n), ("fixed4", self.pin([(4, 4)] * n)), ("haq", list(policy))):
-            if len(pol) == n:
-                ratio = policy_cost(self._table, pol) / self.full_cost
-                rows[label] = {"acc": self.evaluate(pol, batches)[0], "cost_ratio": ratio}
-        return rows
-
     @override
     def on_train_end(self) -> None:
         if self.best is None or not self.trainer.is_global_zero:
             return
-        out = Path(self.hparams.output_dir or self.trainer.default_root_dir) / "best_policy.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.policy_document(), indent=2))
-        rank_zero_info(f"HAQ: best policy (acc {self.best['acc']:.4f}, episode {self.best['episode']}) -> {out}")
-        if self.hparams.compare:
-            rows = self.compare_fixed()
-            lines = [f"{'policy':>8} {'acc':>8} {'cost_ratio':>10}"]
-            lines += [f"{k:>8} {v['acc']:8.4f} {v['cost_ratio']:10.4f}" for k, v in rows.items()]
-            rank_zero_info("HAQ vs fixed precision (budget ratio {}):\n{}".format(self.hparams.budget_ratio,
-                                                                                   "\n".join(lines)))
-            metrics = {f"haq/compare/{k}_{m}": v[m] for k, v in rows.items() for m in v if k != "float" or m == "acc"}
-            for logger in self.trainer.loggers:
-                logger.log_metrics(metrics, step=self.episode)
-            self.comparison = rows
+        write_results(self, self.hparams.output_dir or self.trainer.default_root_dir, self.hparams.compare)
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     def _restore(self, state: dict[str, Any]) -> None:
         assert self.agent is not None
-        if state.get("layers") != self._names:
+        if state.get("layers") != self.layer_names:
             raise ValueError("this HAQ checkpoint was saved for a network with other layers: resume with the same one")
         self.agent.load_state_dict(state["agent"])
         self.episode = int(state["episode"])
@@ -498,7 +366,7 @@ class HAQModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.agent is not None:
             checkpoint["haq"] = {"agent": self.agent.state_dict(), "episode": self.episode, "best": self.best,
-                                 "layers": list(self._names)}
+                                 "layers": list(self.layer_names)}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import io
 import torch
 
 from lightning_nas.controllers.ddpg import DDPG, truncated_normal
-from lightning_nas.modules.haq import rollout
+from lightning_nas.modules.haq_episode import rollout
 
 TARGET = torch.tensor([[7, 3], [7, 3]])  # weight bits 7, activation bits 3 for every layer
 STATIC = torch.linspace(0, 1, len(TARGET)).view(-1, 1).repeat(1, 8)

@@ -26,16 +26,18 @@ from lightning_nas.cost.hardware import (
     policy_cost,
     profile_layers,
 )
-from lightning_nas.modules.haq import (
-    HAQModule,
+from lightning_nas.modules.haq import HAQModule
+from lightning_nas.modules.haq_episode import action_to_bits
+from lightning_nas.modules.quantized import (
     QuantizedNetwork,
-    action_to_bits,
     apply_policy,
+    calibrate,
+    finetune,
     load_network,
     quant_layers,
     quantize_network,
+    top1,
 )
-from lightning_nas.modules.quantized import calibrate, finetune, top1
 from lightning_nas.nn.quantize import quantize_weight
 from tests.helpers.tiny_space import TinyDataModule
 
@@ -109,7 +111,7 @@ def test_first_and_last_layer_kept_at_8_bits(tmp_path: Path) -> None:
     bits = [(v["wbits"], v["abits"]) for v in doc["layers"].values()]
     assert bits[0] == (8, 32) and bits[-1] == (8, 8) and doc["cost_ratio"] <= 0.9
     priced = [tuple(p) for p in module.best["policy"]]
-    assert priced[0] == (8, 8) and doc["cost"] == pytest.approx(policy_cost(module._table, priced))
+    assert priced[0] == (8, 8) and doc["cost"] == pytest.approx(policy_cost(module.cost_table, priced))
     assert module.pin([(3, 4)] * 4) == [(8, 8), (3, 4), (3, 4), (8, 8)]
     seen: list[int] = []
     first = quant_layers(module.net)["0"]
@@ -266,12 +268,26 @@ def test_missing_files_and_untrained_guard(tmp_path: Path) -> None:
         QuantizedNetwork(policy=str(tmp_path / "policy.json"), network="resnet18", allow_untrained=True)
 
 
-def test_progress_shows_the_epochs_the_episodes_take(tmp_path: Path) -> None:
+def test_progress_and_global_step_count_episodes(tmp_path: Path) -> None:
+    """Lightning's own counter counts episodes (the episode clock), the bar shows the episode, and a run spanning
+    several passes over the loader stops after ``episodes`` with the trainer's settings left as configured."""
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     bar = TQDMProgressBar()
     trainer = _trainer(tmp_path, enable_progress_bar=True, callbacks=[bar])
-    trainer.fit(_module(episodes=7), datamodule=TinyDataModule(n_train=24, batch_size=8))  # 3 batches an epoch
-    assert trainer.num_training_batches == 3
-    assert trainer.max_epochs == 3  # 7 episodes over 3-batch epochs, not -1 ("Epoch 1/-2" in the bar)
-    assert trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.completed == 7
+    module = _module(episodes=7)
+    trainer.fit(module, datamodule=TinyDataModule(n_train=24, batch_size=8))  # 3 batches an epoch
+    assert trainer.num_training_batches == 3 and trainer.max_epochs == -1
+    assert module.episode == 7 and trainer.global_step == 7
+    assert trainer.progress_bar_metrics["haq/episode"] == 7
+
+
+def test_max_steps_and_step_checkpoints_count_episodes(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1,
+                           filename="{step}")
+    trainer = _trainer(tmp_path, max_steps=5, callbacks=[ckpt], enable_checkpointing=True)
+    module = _module(episodes=10)
+    trainer.fit(module, datamodule=TinyDataModule(n_train=24, batch_size=8))
+    assert module.episode == 5 and trainer.global_step == 5
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step=2.ckpt", "step=4.ckpt"]
+    assert torch.load(tmp_path / "ckpt" / "step=4.ckpt", weights_only=True)["haq"]["episode"] == 4
