@@ -228,8 +228,7 @@ class ProxylessModule(HeldOutArchSearch):
     @override
     def configure_callbacks(self) -> list[Callback]:
         """A ``PathSampling(seed=seed)`` when the trainer has none: it activates each batch's path."""
-        trainer = self._trainer
-        if trainer is not None and any(isinstance(cb, PathSampling) for cb in trainer.callbacks):
+        if any(isinstance(cb, PathSampling) for cb in self.trainer.callbacks):
             return []
         return [PathSampling(seed=self.hparams.seed)]
 
