@@ -2,6 +2,6 @@
 
 from lightning_nas.controllers.ddpg import DDPG
 from lightning_nas.controllers.instanas_policy import InstaNASPolicy
-from lightning_nas.controllers.lstm import Anchor, ControllerSample, LSTMController, Token, program_from_decisions
+from lightning_nas.controllers.lstm import ControllerSample, LSTMController
 
-__all__ = ["DDPG", "Anchor", "ControllerSample", "InstaNASPolicy", "LSTMController", "Token", "program_from_decisions"]
+__all__ = ["DDPG", "ControllerSample", "InstaNASPolicy", "LSTMController"]

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.arch import Arch, ArchError, values_equal
-from lightning_nas.spaces.tokens import Anchor, Program, Token, program_from_decisions
+from lightning_nas.spaces.tokens import Anchor, Program, Token
 
-__all__ = ["Anchor", "ControllerSample", "LSTMController", "Program", "Token", "program_from_decisions"]
+__all__ = ["ControllerSample", "LSTMController"]
 
 
 @dataclass

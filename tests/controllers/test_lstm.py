@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from lightning_nas.arch import ArchError
-from lightning_nas.controllers.lstm import Anchor, LSTMController, Token, program_from_decisions
+from lightning_nas.controllers.lstm import LSTMController
 from lightning_nas.spaces.layer_tokens import LayerTokenSpace, build_child
 from lightning_nas.spaces.rnn_cell import RNNCellSpace
+from lightning_nas.spaces.tokens import Anchor, Token, program_from_decisions
 
 
 def _space_and_controller(**kwargs) -> tuple[LayerTokenSpace, LSTMController]:
