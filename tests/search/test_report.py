@@ -118,6 +118,8 @@ def test_an_offline_wandb_run_gets_the_report(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    if wandb.run is not None:  # a run an earlier test left open would be reused by the logger
+        wandb.run.finish()
     wandb.teardown()  # W&B keeps the settings of its first run in this process (the tests' mode is disabled)
     space, gen = TinySpace(), torch.Generator().manual_seed(0)
     history = tuple({**r, "arch": space.sample(gen)} for r in _result().history)
