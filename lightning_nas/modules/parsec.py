@@ -377,4 +377,5 @@ class PARSECModule(HeldOutArchSearch):
         self.save_prior(folder / "prior.json")
         meta = {"final": self.hparams.final, **meta, "macs": macs(self.space, arch),
                 "params": params(self.space, arch), "probabilities": self.arch_probabilities()}
-        self.best_arch_path = publish_arch(arch, self.space, run_folder(folder, "parsec"), folder, **meta)
+        self.best_arch_path = publish_arch(arch, self.space, run_folder(folder, "parsec"), folder,
+                                           data=self.trainer.datamodule, **meta)

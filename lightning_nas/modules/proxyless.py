@@ -352,7 +352,8 @@ class ProxylessModule(HeldOutArchSearch):
             x = torch.randn(batch, self.space.in_channels, self.space.input_size, self.space.input_size, device=device)
             meta["measured_latency_ms"] = measure_ms(lambda: net(x), device)
             meta["measured_on"] = {"device": device, "batch_size": batch}
-        self.best_arch_path = publish_arch(arch, self.space, run_folder(root, "proxyless"), root, **meta)
+        self.best_arch_path = publish_arch(arch, self.space, run_folder(root, "proxyless"), root,
+                                           data=self.trainer.datamodule, **meta)
 
 
 __all__ = ["ProxylessModule", "ProxylessSchedule"]

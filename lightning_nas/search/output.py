@@ -37,13 +37,31 @@ def run_folder(root: str | Path, kind: str) -> Path:
     return folder
 
 
-def next_command(path: str | Path) -> str:
-    """The command that retrains the arch in ``path`` (its space is read from the file)."""
-    return f"lightning-nas fit --config recipes/retrain.yaml --model.init_args.arch {path}"
+RETRAIN_DATA = ("lightning_nas.datamodules.CIFAR10DataModule", "data/cifar10")
+"""``recipes/retrain.yaml``'s data: its datamodule class and ``data_dir``."""
+
+
+def next_command(path: str | Path, data: Any = None) -> str:
+    """The command that retrains the arch in ``path`` (its space is read from the file) on ``data``, the search's
+    datamodule: where it is not the retrain recipe's (CIFAR-10 in ``data/cifar10``) the command names it."""
+    command = f"lightning-nas fit --config recipes/retrain.yaml --model.init_args.arch {path}"
+    if data is None:
+        return command
+    cls = type(data)
+    module = cls.__module__
+    if module.startswith("lightning_nas.datamodules."):
+        module = "lightning_nas.datamodules"  # the public name the recipes use
+    class_path = f"{module}.{cls.__qualname__}"
+    if class_path != RETRAIN_DATA[0]:
+        command += f" --data {class_path}"
+    data_dir = getattr(data, "data_dir", None)
+    if data_dir is not None and cls.__name__ != "DigitsDataModule" and str(data_dir) != RETRAIN_DATA[1]:
+        command += f" --data.init_args.data_dir {data_dir}"
+    return command
 
 
 def publish_arch(arch: Mapping[str, Any], space: Any, folder: str | Path, root: str | Path | None = None,
-                 name: str = "best_arch", announce: bool = True, **meta: Any) -> Path:
+                 name: str = "best_arch", announce: bool = True, data: Any = None, **meta: Any) -> Path:
     """Write a search's answer: ``<folder>/<name>.json`` (the run's own copy) and ``<root>/<name>.json`` (latest).
 
     Args:
@@ -53,6 +71,7 @@ def publish_arch(arch: Mapping[str, Any], space: Any, folder: str | Path, root: 
         root: where the next recipe looks (the recipe's ``default_root_dir``); ``None``: only the run's copy.
         name: the file's stem.
         announce: log where it is and the command that retrains it.
+        data: the search's datamodule, for that command (:func:`next_command`).
         **meta: JSON-serialisable fields stored beside the arch (score, costs, ...).
 
     Returns:
@@ -69,5 +88,5 @@ def publish_arch(arch: Mapping[str, Any], space: Any, folder: str | Path, root: 
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         shutil.move(str(tmp), str(latest))
     if announce:
-        rank_zero_info(f"Found arch: {latest} (run folder {folder}). Retrain it: {next_command(latest)}")
+        rank_zero_info(f"Found arch: {latest} (run folder {folder}). Retrain it: {next_command(latest, data)}")
     return latest

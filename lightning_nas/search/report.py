@@ -246,7 +246,8 @@ def write_report(result: SearchResult, trainer: Trainer, space: Any, out_dir: Pa
     _log(result, trainer, folder, files)
     lines = summary_lines(result)
     if out_dir is not None:
-        lines.append(f"Outputs: {folder}. Retrain the best arch: {next_command(out_dir / 'best_arch.json')}")
+        lines.append(f"Outputs: {folder}. Retrain the best arch: "
+                     f"{next_command(out_dir / 'best_arch.json', trainer.datamodule)}")
     return SearchReport(folder, lines)
 
 
