@@ -4,8 +4,9 @@ Each carves a fixed, seeded validation split out of its training set for the sea
 the official test split is never searched on.
 """
 
-from lightning_nas.datamodules.base import DataRootError, VisionDataModule
+from lightning_nas.datamodules.base import VisionDataModule
 from lightning_nas.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
+from lightning_nas.datamodules.datasets import DataRootError
 from lightning_nas.datamodules.digits import DigitsDataModule
 from lightning_nas.datamodules.imagenet import ImageNetDataModule
 from lightning_nas.datamodules.text import TextDataModule

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from lightning_nas.datamodules.base import DataRootError, Transform, VisionDataModule
+from lightning_nas.datamodules.base import VisionDataModule
+from lightning_nas.datamodules.datasets import DataRootError, Transform
 from lightning_nas.datamodules.on_device import BatchAugment, PadCropFlip
 
 

@@ -17,7 +17,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lightning_nas.datamodules.base import Transform, VisionDataModule
+from lightning_nas.datamodules.base import VisionDataModule
+from lightning_nas.datamodules.datasets import Transform
 
 TEST_FRACTION = 0.2
 """Share of the 1,797 images in the fixed test split (stratified by class, seed :data:`TEST_SEED`)."""

@@ -10,12 +10,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
 
-from lightning_nas.datamodules.base import (
-    DataRootError,
-    Transform,
-    VisionDataModule,
-    read_image_rgb,
-)
+from lightning_nas.datamodules.base import VisionDataModule
+from lightning_nas.datamodules.datasets import DataRootError, Transform, read_image_rgb
 
 IMAGENET_URL = "https://image-net.org/download.php"
 _EXTENSIONS = (".jpeg", ".jpg", ".png")

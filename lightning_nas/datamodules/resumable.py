@@ -37,7 +37,7 @@ def run_seed(seed: int) -> int:
 class EpochSampler(DistributedSampler):
     """Each epoch a permutation seeded by ``(seed, epoch)``, this rank's share of it, each index with its seed.
 
-    Yields ``(index, augmentation seed)`` pairs (see :class:`~lightning_nas.datamodules.base.TransformedSubset`).
+    Yields ``(index, augmentation seed)`` pairs (see :class:`~lightning_nas.datamodules.datasets.TransformedSubset`).
     A ``DistributedSampler``, so Lightning sets its epoch and leaves it in place under DDP.
 
     Args:

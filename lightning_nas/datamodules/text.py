@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_nas.datamodules.base import DataRootError
+from lightning_nas.datamodules.datasets import DataRootError
 
 __all__ = ["BPTTBatches", "TextDataModule", "tiny_corpus_dir"]
 

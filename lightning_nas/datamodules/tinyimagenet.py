@@ -10,12 +10,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lightning_nas.datamodules.base import (
-    DataRootError,
-    Transform,
-    VisionDataModule,
-    read_image_rgb,
-)
+from lightning_nas.datamodules.base import VisionDataModule
+from lightning_nas.datamodules.datasets import DataRootError, Transform, read_image_rgb
 from lightning_nas.datamodules.on_device import BatchAugment, RandomResizedCropFlip
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

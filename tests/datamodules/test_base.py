@@ -14,7 +14,7 @@ from lightning_nas.datamodules import (
     TinyImageNetDataModule,
     VisionDataModule,
 )
-from lightning_nas.datamodules.base import TransformedSubset, split_indices
+from lightning_nas.datamodules.datasets import TransformedSubset, split_indices
 
 ALL = [CIFAR10DataModule, CIFAR100DataModule, TinyImageNetDataModule, ImageNetDataModule, DigitsDataModule]
 EXPECTED_ATTRS = {

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lightning_nas.datamodules import DataRootError, ImageNetDataModule
-from lightning_nas.datamodules import base as base_module
-from lightning_nas.datamodules.base import read_image_rgb
+from lightning_nas.datamodules import datasets as base_module
+from lightning_nas.datamodules.datasets import read_image_rgb
 from tests.helpers.fake_data import write_fake_imagenet
 
 

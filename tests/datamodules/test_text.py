@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_nas.datamodules.base import DataRootError
+from lightning_nas.datamodules.datasets import DataRootError
 from lightning_nas.datamodules.text import TextDataModule, tiny_corpus_dir
 
 
