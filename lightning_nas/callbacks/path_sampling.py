@@ -136,3 +136,11 @@ class PathSampling(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.sampled = state_dict.get("sampled", 0)
         self.fallbacks = state_dict.get("fallbacks", 0)
+
+
+def path_sampling_unless_present(trainer: Trainer, seed: int = 0) -> list[Callback]:
+    """For a single-path module's ``configure_callbacks``: ``[PathSampling(seed=seed)]`` when ``trainer`` has no
+    ``PathSampling``, else ``[]`` (a recipe's own, with its mode and seed, is kept)."""
+    if any(isinstance(cb, PathSampling) for cb in trainer.callbacks):
+        return []
+    return [PathSampling(seed=seed)]

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
-from lightning_nas.callbacks.path_sampling import PathSampling
+from lightning_nas.callbacks.path_sampling import path_sampling_unless_present
 from lightning_nas.modules.optim import build_optimizer, split_decay
 from lightning_nas.modules.supernet import HeldOutArchSearch
 from lightning_nas.nn import inactive_parameters
@@ -228,9 +228,7 @@ class ProxylessModule(HeldOutArchSearch):
     @override
     def configure_callbacks(self) -> list[Callback]:
         """A ``PathSampling(seed=seed)`` when the trainer has none: it activates each batch's path."""
-        if any(isinstance(cb, PathSampling) for cb in self.trainer.callbacks):
-            return []
-        return [PathSampling(seed=self.hparams.seed)]
+        return path_sampling_unless_present(self.trainer, self.hparams.seed)
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

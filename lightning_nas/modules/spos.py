@@ -3,7 +3,8 @@
 Guo et al., "Single Path One-Shot Neural Architecture Search with Uniform Sampling", ECCV 2020,
 https://arxiv.org/abs/1904.00420 (official code: megvii-model/SinglePathOneShot).
 
-The supernet trains one path per batch (chosen by the ``PathSampling`` callback); candidates that
+The supernet trains one path per batch (chosen by the ``PathSampling`` callback, which the module adds when the
+trainer has none); candidates that
 did not run get no update at all: their gradients are set to ``None`` after backward, so SGD applies
 neither momentum nor weight decay to them. The search happens afterwards (``EvolutionSearch``).
 """
@@ -13,10 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_nas.arch import Arch
+from lightning_nas.callbacks.path_sampling import path_sampling_unless_present
 from lightning_nas.modules.optim import build_optimizer, split_decay, warmup_schedule
 from lightning_nas.modules.supernet import SupernetModule
 from lightning_nas.nn import inactive_parameters
@@ -63,6 +66,11 @@ class SPOSModule(SupernetModule):
         # the official code drops all-zero gradients; we know which candidates did not run, no reduction needed
         for p in self.inactive_parameters():
             p.grad = None
+
+    @override
+    def configure_callbacks(self) -> list[Callback]:
+        """A uniform ``PathSampling()`` when the trainer has none: without it one fixed path would train."""
+        return path_sampling_unless_present(self.trainer)
 
     # --- validation on a fixed path -------------------------------------------------------
     def validation_arch(self) -> Arch:

@@ -124,3 +124,15 @@ def test_two_ddp_ranks_train_identical_paths_and_weights(tmp_path: Path, monkeyp
     ranks = [[json.loads(line)["arch"] for line in (tmp_path / f"paths.rank{r}.jsonl").read_text().splitlines()]
              for r in (0, 1)]
     assert ranks[0] == ranks[1] and len(ranks[0]) == 4
+
+
+def test_module_adds_uniform_path_sampling_only_when_the_trainer_has_none(tmp_path: Path) -> None:
+    rec = _RecordPaths()
+    trainer = _trainer(tmp_path, [rec], max_steps=6, limit_val_batches=0)
+    trainer.fit(SPOSModule(TinySpace(), lr=0.05), TinyDataModule(batch_size=8))
+    assert [type(cb) for cb in trainer.callbacks].count(PathSampling) == 1
+    assert len({json.dumps(p, sort_keys=True) for p in rec.paths}) > 1  # a new path each step, not one fixed path
+    own = PathSampling(seed=5, mode="uniform")
+    trainer = _trainer(tmp_path, [own], max_steps=1, limit_val_batches=0)
+    trainer.fit(SPOSModule(TinySpace(), lr=0.05), TinyDataModule(batch_size=8))
+    assert [cb for cb in trainer.callbacks if isinstance(cb, PathSampling)] == [own]
