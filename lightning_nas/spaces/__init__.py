@@ -8,6 +8,7 @@ from lightning_nas.spaces.layer_tokens import LayerTokenSpace
 from lightning_nas.spaces.mobilenet import MobileNetSpace
 from lightning_nas.spaces.rnn_cell import RNNCellSpace
 from lightning_nas.spaces.shufflenet import ShuffleNetSpace
+from lightning_nas.spaces.token_space import TokenSpace
 
 __all__ = ["DartsCellSpace", "DartsNetwork", "InstaNASSpace", "LayerTokenSpace", "MobileNetSpace", "RNNCellSpace",
-           "SearchSpace", "ShuffleNetSpace", "SubNetwork"]
+           "SearchSpace", "ShuffleNetSpace", "SubNetwork", "TokenSpace"]
