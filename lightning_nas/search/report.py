@@ -247,7 +247,7 @@ def write_report(result: SearchResult, trainer: Trainer, space: Any, out_dir: Pa
     lines = summary_lines(result)
     if out_dir is not None:
         lines.append(f"Outputs: {folder}. Retrain the best arch: "
-                     f"{next_command(out_dir / 'best_arch.json', trainer.datamodule)}")
+                     f"{next_command(out_dir / 'best_arch.json', getattr(trainer, 'datamodule', None))}")
     return SearchReport(folder, lines)
 
 
