@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.common import Bench
 from benchmarks.quality_common import Regime, load_splits, paired_stats, quality_figures, spread_and_noise
@@ -45,10 +47,16 @@ def test_spread_and_noise() -> None:
 def test_regime_splits_are_disjoint_and_fixed() -> None:
     regime = Regime(train_images=100, val_images=50, input_size=8, noise_std=0.5)
     a, b = load_splits(regime), load_splits(regime)
-    assert a.train[0].shape == (100, 3, 8, 8) and a.val[0].shape == (50, 3, 8, 8) and a.test[0].shape[0] == 360
-    assert (a.train[0] == b.train[0]).all() and (a.val[1] == b.val[1]).all()
+    # test: the official 360 images, then the 1,437 - 150 training-set images neither train nor val holds
+    assert a.train[0].shape == (100, 3, 8, 8) and a.val[0].shape == (50, 3, 8, 8) and a.test[0].shape[0] == 360 + 1287
+    assert (a.train[0] == b.train[0]).all() and (a.val[1] == b.val[1]).all() and (a.test[0] == b.test[0]).all()
     rows = {tuple(x.flatten().tolist()) for x in a.train[0]}
-    assert not rows & {tuple(x.flatten().tolist()) for x in a.val[0]}
+    val = {tuple(x.flatten().tolist()) for x in a.val[0]}
+    extra = {tuple(x.flatten().tolist()) for x in a.test[0][360:]}
+    assert not rows & val and not rows & extra and not val & extra
+    official = load_splits(replace(regime, test_from_pool=False))
+    assert official.test[0].shape[0] == 360 and torch.equal(official.test[0], a.test[0][:360])
+    assert torch.equal(official.train[0], a.train[0]) and torch.equal(official.val[0], a.val[0])
     with pytest.raises(ValueError, match="exceeds"):
         load_splits(Regime(train_images=1400, val_images=400))
 
