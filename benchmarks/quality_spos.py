@@ -20,11 +20,12 @@ training set, stand-alone accuracy on the fixed test split as the mean of ``repe
 What the figures say (the committed run: noise σ 1.0, 8 seeds; ``benchmarks/results/quality_spos.json``): the
 supernet's ranking carries almost no information here (Kendall τ 0.27 for seed 0's supernet, −0.15 to −0.02 for
 the other four), so evolution, which climbs the inherited score (+1.75 to +2 points over random search on the
-validation split in 3 of 5 seeds, −0.5 to −0.25 in the others), finds archs no better stand-alone. The archs' stand-alone differences are
-overfitting: over the 24 random archs, stand-alone accuracy *falls* with the mean channel scale (Kendall τ −0.31),
-i.e. on 200 noisy images the narrower networks generalise better, while inherited accuracy (one supernet trained
-on every path, BatchNorm re-calibrated) does not follow width (τ −0.08). A weight-sharing score cannot see how a
-network overfits when trained alone; a limit of one-shot ranking at this scale, not a bug we found.
+validation split in 3 of 5 seeds, −0.5 to −0.25 in the others), finds archs no better stand-alone. The archs'
+stand-alone differences are overfitting: over the 24 random archs, stand-alone accuracy *falls* with the mean
+channel scale (Kendall τ −0.31), i.e. on 200 noisy images the narrower networks generalise better, while
+inherited accuracy (one supernet trained on every path, BatchNorm re-calibrated) does not follow width (τ −0.08).
+A weight-sharing score cannot see how a network overfits when trained alone; a limit of one-shot ranking at this
+scale, not a bug we found.
 """
 
 from __future__ import annotations
