@@ -23,26 +23,11 @@ from lightning_nas.datamodules import CIFAR10DataModule
 from lightning_nas.modules import PARSECModule, ProxylessModule, SPOSModule
 from lightning_nas.spaces import DartsCellSpace, MobileNetSpace, ShuffleNetSpace
 from tests.helpers.fake_data import write_fake_cifar10
+from tests.helpers.kill import Kill, Killed
 
 pytestmark = pytest.mark.slow
 
 EPOCHS, KILL_AT = 2, 7  # 5 batches per epoch: batch 7 is in the middle of the second epoch
-
-
-class Killed(Exception):
-    pass
-
-
-class Kill(Callback):
-    """Kill the fit when batch ``at`` (counted over the run) is about to start: its checkpoints stay behind."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.seen = at, 0
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.seen == self.at:
-            raise Killed
-        self.seen += 1
 
 
 def _spos() -> tuple[LightningModule, list[Callback]]:

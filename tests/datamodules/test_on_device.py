@@ -29,6 +29,7 @@ from lightning_nas.datamodules import (
 from lightning_nas.datamodules.on_device import DeviceImages, PadCropFlip, RandomResizedCropFlip, uniforms
 from lightning_nas.errors import ConfigError
 from tests.helpers.fake_data import write_fake_cifar10, write_fake_cifar100, write_fake_tinyimagenet
+from tests.helpers.kill import Kill, Killed
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -197,22 +198,6 @@ class Recorder(LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-class Killed(Exception):
-    pass
-
-
-class Kill(Callback):
-    """Stop the fit as batch ``at`` (counted over the run) is about to start; the checkpoint of the one before stays."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.seen = at, 0
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        if self.seen == self.at:
-            raise Killed
-        self.seen += 1
 
 
 def _fit(cifar_dir: Path, root: Path, callbacks: list[Callback], ckpt: str | None = None,

@@ -26,6 +26,7 @@ from lightning_nas.controllers.instanas_policy import (
 from lightning_nas.cost.option_latency import OptionLatency
 from lightning_nas.modules.instanas import InstaNASModule
 from lightning_nas.spaces.instanas import InstaNASSpace
+from tests.helpers.kill import Kill, Killed
 
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2))
 
@@ -210,22 +211,6 @@ def test_the_module_adds_alternating_epochs_only_when_the_trainer_has_none(tmp_p
     trainer = _trainer(tmp_path, 1, [mine])
     trainer.fit(_module(tmp_path), datamodule=ImageData())
     assert [cb for cb in trainer.callbacks if isinstance(cb, AlternatingEpochs)] == [mine]  # not replaced
-
-
-class Killed(Exception):
-    pass
-
-
-class Kill(Callback):
-    """Stop the fit by an exception when batch ``at`` (counted over the run) is about to start."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.seen = at, 0
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self.seen == self.at:
-            raise Killed
-        self.seen += 1
 
 
 @pytest.mark.slow

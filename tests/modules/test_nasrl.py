@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,6 +18,7 @@ from lightning_nas.modules.nasrl import NASRLModule
 from lightning_nas.modules.nasrl_data import NASRLData
 from lightning_nas.spaces.layer_tokens import LayerTokenSpace, child_from_arch_file
 from lightning_nas.spaces.rnn_cell import RNNCellSpace
+from tests.helpers.kill import Kill, Killed
 
 
 class TinyImages(LightningDataModule):
@@ -179,22 +180,6 @@ def test_nasrl_data_hands_the_run_to_the_childrens_datamodule() -> None:
         NASRLData(object())
 
 
-class _Killed(Exception):
-    pass
-
-
-class _Kill(Callback):
-    """Stop the fit with an error when controller step ``at`` (counted over the run) is about to start."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.seen = at, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.seen == self.at:
-            raise _Killed
-        self.seen += 1
-
-
 def test_a_fit_killed_mid_epoch_resumes_bit_identical(tmp_path) -> None:
     """Controller steps are Lightning's steps, so a fit killed in the middle of an epoch and resumed from its last
     checkpoint ends where an uninterrupted one does: controller, optimizer, baseline, step count, recorded children."""
@@ -202,9 +187,9 @@ def test_a_fit_killed_mid_epoch_resumes_bit_identical(tmp_path) -> None:
     _trainer(tmp_path / "a", max_epochs=2, callbacks=[cb]).fit(straight, datamodule=NASRLData(TinyImages()))
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
-    killed = _trainer(tmp_path / "b", max_epochs=2, callbacks=[ChildRecorder(), ckpt, _Kill(4)],
+    killed = _trainer(tmp_path / "b", max_epochs=2, callbacks=[ChildRecorder(), ckpt, Kill(4)],
                       enable_checkpointing=True)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         killed.fit(_module(controller_steps=3, baseline_decay=0.5), datamodule=NASRLData(TinyImages()))
     assert killed.global_step == 4 and killed.current_epoch == 1  # in the middle of the second epoch
     torch.manual_seed(1234)  # nothing may depend on the process's RNG history
