@@ -91,6 +91,9 @@ def _forked(name: str, extra: list[str]) -> tuple[int, str, str]:
 
                 traceback.print_exc()
             finally:
+                quality = sys.modules.get("benchmarks.quality_common")
+                if quality is not None:  # stop its worker processes, which os._exit would leave waiting
+                    quality.close_workers()
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

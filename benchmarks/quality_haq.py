@@ -51,6 +51,7 @@ from benchmarks.quality_common import (
     paired_stats,
     quality_figures,
     regime_from_args,
+    train_and_score,
     train_standalone,
 )
 from lightning_nas.cost.hardware import BitSerialAccelerator, cost_lookup, policy_cost, profile_layers
@@ -103,14 +104,11 @@ def finetuned_test_acc(haq: HAQModule, policy: Policy, splits: Splits, regime: R
     mean over ``seeds``."""
     dm = QualityData(splits, regime.batch_size, seed=search_seed)  # the datamodule run_haq gave the search
     calib = list(dm.calibration_dataloader(num_batches=haq.hparams.calib_batches))
-    out = []
-    for seed in seeds:
-        net = copy.deepcopy(haq.net)  # float weights (restored after every episode), quantizer settings per layer
-        for layer, (w, a) in zip(haq.layers, haq.network_bits(policy)):
-            quant_layers(net)[layer.name].wbits, quant_layers(net)[layer.name].abits = w, a
-        calibrate(net, calib, torch.device("cpu"))
-        out.append(accuracy_on(train_standalone(net, splits, regime, seed, reinit=False), splits.test))
-    return statistics.fmean(out)
+    net = copy.deepcopy(haq.net)  # float weights (restored after every episode), quantizer settings per layer
+    for layer, (w, a) in zip(haq.layers, haq.network_bits(policy)):
+        quant_layers(net)[layer.name].wbits, quant_layers(net)[layer.name].abits = w, a
+    calibrate(net, calib, torch.device("cpu"))
+    return statistics.fmean(train_and_score([(copy.deepcopy(net), seed, False) for seed in seeds], splits, regime))
 
 
 def mean_bits(policy: Policy) -> list[float]:

@@ -80,3 +80,42 @@ def test_report_puts_a_search_quality_row_per_method_on_top(tmp_path: Path) -> N
     row = "| [Demo](#quality_demo) | +2.00 | [-0.48, +4.48] | **0.0371** | 3 | digits 16 px | 48 candidates | full |"
     assert row in quality and "| [other](#quality_other) | +0.00 | [-24.84, +24.84] | 0.5 |" in quality
     assert "aaa_speed" not in quality
+
+
+def test_stand_alone_trainings_in_worker_processes_match_in_process() -> None:
+    """``set_workers(2)`` trains in spawned processes: the same accuracies as one by one here, for an exported
+    SPOS net (standalone_runs) and a quantized HAQ net fine-tuned as given (reinit False), and the caller's global
+    random stream is left where it was."""
+    from benchmarks import quality_common as qc
+    from benchmarks.quality_haq import SPACE as HAQ_SPACE
+    from benchmarks.quality_spos import make_space
+    from lightning_nas.modules.quantized import quant_layers, quantize_network
+    from lightning_nas.spaces import MobileNetSpace
+
+    regime = replace(Regime(), repeats=2).smoke(repeats=2, images=32)
+    regime = replace(regime, epochs=1)
+    splits = load_splits(regime)
+    space = make_space(splits)
+    arch = space.sample(torch.Generator().manual_seed(3))
+    mobile = MobileNetSpace(splits.num_classes, splits.input_size, **HAQ_SPACE)
+    torch.manual_seed(0)
+    qnet = quantize_network(mobile.export(dict.fromkeys(mobile.decisions(), "k3_e6")))
+    for layer in quant_layers(qnet).values():
+        layer.wbits, layer.abits = 4, 4
+
+    def measure() -> tuple[list[float], list[float], torch.Tensor]:
+        torch.manual_seed(11)
+        runs = qc.standalone_runs(lambda: space.export(arch), splits, regime, seed=5)
+        tuned = qc.train_and_score([(qnet, 7, False), (qnet, 8, False)], splits, regime)
+        return runs, tuned, torch.rand(3)
+
+    try:
+        qc.set_workers(1)
+        here = measure()
+        qc.set_workers(2)
+        there = measure()
+    finally:
+        qc.set_workers(1)
+    assert here[0] == there[0] and here[1] == there[1]
+    assert here[1] != [here[1][0]] * 2 or here[0] != [here[0][0]] * 2  # the seeds differ, so do (some) runs
+    assert torch.equal(here[2], there[2])
