@@ -19,6 +19,15 @@ For each seed ``s``:
 Paired statistics over seeds (``quality_common.paired_stats``). How far the prior moved is reported beside them:
 its entropy over the uniform prior's, the mean probability of each decision's most probable value, and the
 fraction of decisions where a coupled pair differs.
+
+What the figures say (the committed run; ``benchmarks/results/quality_parsec.json``): archs from the learned prior
+are *worse* than uniform draws stand-alone, −2.04 points (median; 95 % interval of the mean −3.39 to −0.16, 1 of 5
+seeds better). The prior does its own job — archs drawn from it score 0.17–0.57 inherited validation accuracy
+against 0.13–0.19 for uniform draws — but that supernet is still near chance (10 classes) after 60 epochs, and
+the prior moves mass to the parameter-free ``avg_pool_3x3`` (0.13–0.22 against 1/7) and to ``sep_conv_5x5``:
+what an under-trained shared supernet rewards (the DARTS-style drift to parameter-free ops), not what trains best
+alone, where fewer parametric edges cost accuracy. Too little supernet training for this method at this scale
+(a 60-epoch search already takes most of the benchmark's 30 minutes on 2 cores); not a bug we found.
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ Does each method find better networks than chance? Every `quality_<method>` benc
 search with a random baseline at an equal budget, trains the chosen architectures stand-alone the same way,
 scores them on the test split (which never chooses anything) and pairs the two over seeds
 (`benchmarks/quality_common.py`: search − random in accuracy points, median over seeds; the 95 % t interval of
-the mean difference; a one-sided paired t-test). Goal: p < 0.05 for every method (and SPOS's Kendall τ ≥ 0.5)."""
+the mean difference; a one-sided paired t-test). Goal: p < 0.05 for every method (and SPOS's Kendall τ ≥ 0.5).
+One stand-alone measurement is the mean of 16 training seeds; those trainings run in two worker processes of one
+thread each (`--workers`), the rest of a quality benchmark in one thread."""
 
 
 def _points(value: Any) -> str:
