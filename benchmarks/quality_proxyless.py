@@ -40,9 +40,13 @@ supernet scores them at 0.20–0.26 inherited validation accuracy (BN re-calibra
 stand-alone 0.13 (p 0.50), and the learned log-probability of an arch against its stand-alone accuracy τ 0.07
 (p 0.76). The same space trained as a uniform-path SPOS supernet for the same 200 epochs: 0.19–0.28, τ 0.23
 (p 0.22); for **1,000 epochs: 0.73–0.80, τ 0.38 (p 0.04)**. So at this budget the supernet of this space is
-under-trained whatever samples its paths, and ranking improves with supernet training: too little budget for
-the 30 minutes a benchmark has on 2 cores (1,000 supernet epochs with the arch phase would take about 7 minutes
-per seed), not a bug.
+under-trained whatever samples its paths, and ranking improves with supernet training. But a longer search did
+not help either (probe, seeds 0–2, this benchmark's code with 600 warm-up + 100 search epochs, 7 minutes a seed):
+the logits moved further (top probability 0.34–0.36, entropy 0.88–0.90) and the found archs (1.84–2.18 M MACs)
+were no better than random archs of equal MACs, −0.61 points (median; 95 % interval of the mean −1.51 to +0.61,
+1 of 3). Among archs of equal MACs the stand-alone differences are small, and a supernet ranking of τ ≈ 0.4 does
+not find the better ones. No bug found; why the search does not beat random at equal cost here is not fully
+established.
 """
 
 from __future__ import annotations
