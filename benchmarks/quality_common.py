@@ -254,9 +254,11 @@ def train_standalone(net: nn.Module, splits: Splits, regime: Regime, seed: int, 
     return net.eval()
 
 
-def standalone_accuracy(net: nn.Module, splits: Splits, regime: Regime, seed: int, split: str = "test") -> float:
-    """Train ``net`` from scratch (:func:`train_standalone`) and return its top-1 on ``split`` ("test" or "val")."""
-    train_standalone(net, splits, regime, seed)
+def standalone_accuracy(net: nn.Module, splits: Splits, regime: Regime, seed: int, split: str = "test",
+                        reinit: bool = True) -> float:
+    """Train ``net`` (:func:`train_standalone`: from scratch, or as given when not ``reinit``) and return its
+    top-1 on ``split`` ("test" or "val")."""
+    train_standalone(net, splits, regime, seed, reinit=reinit)
     return accuracy_on(net, getattr(splits, split))
 
 
@@ -304,9 +306,8 @@ def _init_worker(splits: Splits, threads: int) -> None:
 
 def _train_and_score_one(job: tuple[nn.Module, int, bool, Regime, str]) -> float:
     net, seed, reinit, regime, split = job
-    splits = _worker_splits
-    assert splits is not None
-    return accuracy_on(train_standalone(net, splits, regime, seed, reinit=reinit), getattr(splits, split))
+    assert _worker_splits is not None
+    return standalone_accuracy(net, _worker_splits, regime, seed, split, reinit)
 
 
 def train_and_score(jobs: Sequence[tuple[nn.Module, int, bool]], splits: Splits, regime: Regime,
@@ -321,8 +322,8 @@ def train_and_score(jobs: Sequence[tuple[nn.Module, int, bool]], splits: Splits,
     global _pool, _pool_splits
     if _workers <= 1 or len(jobs) <= 1:
         with torch.random.fork_rng(devices=[]):  # train_standalone seeds the global stream; as in a worker, not ours
-            return [accuracy_on(train_standalone(copy.deepcopy(net), splits, regime, seed, reinit=reinit),
-                                getattr(splits, split)) for net, seed, reinit in jobs]
+            return [standalone_accuracy(copy.deepcopy(net), splits, regime, seed, split, reinit)
+                    for net, seed, reinit in jobs]
     if _pool is None or _pool_splits is not splits:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
