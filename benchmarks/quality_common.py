@@ -316,8 +316,9 @@ def train_and_score(jobs: Sequence[tuple[nn.Module, int, bool]], splits: Splits,
 
     With :func:`set_workers` above 1 the jobs run in that many spawned processes (started once per ``splits``,
     which they receive once). A training depends only on its net, seed and regime, so the accuracies are the same
-    as in this process with the same thread count (tested). The nets given are not modified (each job trains a
-    copy), nor is this process's global random stream.
+    as in this process with the same thread count (tested with seeded nets; once, for an unseeded quantized net at
+    chance, the two differed by one test image: a quantizer's rounding moved by a last-bit difference). The nets
+    given are not modified (each job trains a copy), nor is this process's global random stream.
     """
     global _pool, _pool_splits
     if _workers <= 1 or len(jobs) <= 1:

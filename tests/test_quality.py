@@ -97,8 +97,8 @@ def test_stand_alone_trainings_in_worker_processes_match_in_process() -> None:
     splits = load_splits(regime)
     space = make_space(splits)
     arch = space.sample(torch.Generator().manual_seed(3))
+    torch.manual_seed(0)  # the quantized net's weights come from the supernet's initialisation
     mobile = MobileNetSpace(splits.num_classes, splits.input_size, **HAQ_SPACE)
-    torch.manual_seed(0)
     qnet = quantize_network(mobile.export(dict.fromkeys(mobile.decisions(), "k3_e6")))
     for layer in quant_layers(qnet).values():
         layer.wbits, layer.abits = 4, 4
